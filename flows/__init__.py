@@ -1,0 +1,1 @@
+"""flows: Prefect flows that audit model zoos, the hub adapters and the `lipzoo` command line."""

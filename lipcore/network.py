@@ -1,0 +1,116 @@
+"""The feedforward network the bound family works on: weights W_1..W_L and one activation per hidden layer.
+
+Why a plain numpy container: every upper bound is computed in float64 from the weight matrices alone
+(biases never enter a global bound), and the same object can rebuild a torch forward pass for the lower
+bounds, on any device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .activations import Activation
+from .errors import InputError
+
+
+@dataclass
+class MLP:
+    """x_k = act_k(W_k x_{k-1} + b_k) for k < L, f(x) = W_L x_{L-1} + b_L.  W_k has shape (n_k, n_{k-1})."""
+
+    weights: list[np.ndarray]
+    activations: list[Activation]
+    biases: list[np.ndarray | None] = field(default_factory=list)
+    name: str = "model"
+
+    def __post_init__(self) -> None:
+        self.weights = [np.asarray(w, dtype=np.float64) for w in self.weights]
+        if not self.biases:
+            self.biases = [None] * len(self.weights)
+        self.validate()
+
+    # -- shape -----------------------------------------------------------------------------------------
+    @property
+    def depth(self) -> int:
+        return len(self.weights)
+
+    @property
+    def widths(self) -> list[int]:
+        return [self.weights[0].shape[1]] + [w.shape[0] for w in self.weights]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.weights[0].shape[1],)
+
+    @property
+    def n_params(self) -> int:
+        return int(sum(w.size for w in self.weights) + sum(b.size for b in self.biases if b is not None))
+
+    def validate(self) -> None:
+        """Raise InputError (one line, names the model) for anything the bounds cannot use."""
+        if not self.weights:
+            raise InputError(self.name, "no weight matrices")
+        if len(self.activations) != len(self.weights) - 1:
+            raise InputError(self.name, f"{len(self.weights)} layers need {len(self.weights) - 1} activations, "
+                                        f"got {len(self.activations)}")
+        if len(self.biases) != len(self.weights):
+            raise InputError(self.name, f"{len(self.weights)} layers but {len(self.biases)} biases")
+        for k, w in enumerate(self.weights, start=1):
+            if w.ndim != 2 or 0 in w.shape:
+                raise InputError(self.name, f"layer {k} weight must be a non-empty 2-D matrix, got shape {w.shape}")
+            if not np.isfinite(w).all():
+                bad = "NaN" if np.isnan(w).any() else "Inf"
+                raise InputError(self.name, f"layer {k} weight contains {bad} values")
+            if k > 1 and w.shape[1] != self.weights[k - 2].shape[0]:
+                raise InputError(self.name, f"shape mismatch: layer {k - 1} outputs {self.weights[k - 2].shape[0]} "
+                                            f"features but layer {k} expects {w.shape[1]}")
+        for k, b in enumerate(self.biases, start=1):
+            if b is None:
+                continue
+            b = np.asarray(b, dtype=np.float64).reshape(-1)
+            if b.shape[0] != self.weights[k - 1].shape[0]:
+                raise InputError(self.name, f"layer {k} bias has {b.shape[0]} entries, expected "
+                                            f"{self.weights[k - 1].shape[0]}")
+            if not np.isfinite(b).all():
+                raise InputError(self.name, f"layer {k} bias contains NaN/Inf values")
+            self.biases[k - 1] = b
+
+    def summary(self) -> dict:
+        acts = sorted({a.name for a in self.activations})
+        return {
+            "kind": "mlp",
+            "layers": self.depth,
+            "widths": self.widths,
+            "activations": acts,
+            "slopes": sorted({(a.alpha, a.beta) for a in self.activations}),
+            "params": self.n_params,
+            "input_space": "raw input (the first Linear layer's input)",
+        }
+
+    # -- torch forward for the lower bounds ------------------------------------------------------------
+    def torch_callable(self, device: torch.device | str = "cpu",
+                       dtype: torch.dtype = torch.float64) -> Callable[[torch.Tensor], torch.Tensor]:
+        """f as a torch function of a batch (B, n_0) -> (B, n_L), for Jacobian lower bounds."""
+        Ws = [torch.as_tensor(w, dtype=dtype, device=device) for w in self.weights]
+        bs = [None if b is None else torch.as_tensor(b, dtype=dtype, device=device) for b in self.biases]
+        fns = [a.torch_fn() for a in self.activations]
+
+        def f(x: torch.Tensor) -> torch.Tensor:
+            for k, (w, b) in enumerate(zip(Ws, bs, strict=True)):
+                x = x @ w.T
+                if b is not None:
+                    x = x + b
+                if k < len(fns):
+                    x = fns[k](x)
+            return x
+
+        return f
+
+    @classmethod
+    def from_arrays(cls, weights: Sequence[np.ndarray], activation: Activation | Sequence[Activation],
+                    biases: Sequence[np.ndarray | None] | None = None, name: str = "model") -> MLP:
+        acts = list(activation) if isinstance(activation, list | tuple) else [activation] * (len(weights) - 1)
+        return cls(list(weights), acts, list(biases) if biases is not None else [], name)
