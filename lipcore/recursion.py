@@ -1,0 +1,511 @@
+"""The sequential LipSDP-Neuron recursion (MATH §2) with pluggable diagonal multiplier rules, certified as it runs.
+
+Why one generic recursion: every closed-form bound (ECLipsE-Fast, the Syed–Hu members, greedy mixing) and the
+optimizer's certificate are the same Schur-complement recursion with a different rule for Λ_k. Running them all
+through one code path (torch float64, on the context's device) means one place to get the numerics right:
+
+* per layer the Gram matrix Γ̂_k = coef·W_k M_{k-1}^{-1} W_k^T comes from a Cholesky factor and a triangular
+  solve (never an explicit inverse), and is renormalised by its largest diagonal entry; the scale is kept as a
+  log accumulator (every rule is homogeneous of degree −1, MATH §2), so 100-layer nets neither under- nor overflow;
+* λ_max only of symmetric matrices (eigvalsh, or a converged Lanczos estimate for large layers whose
+  admissibility is then enforced by the Cholesky check anyway);
+* certification in-line: after Λ_k is chosen, M_k (and S_{k-1} when the p-term is kept) is Jacobi-scaled and
+  factorised with a relative shift τ(n) ≥ the Cholesky backward-error bound. Success proves the exact matrix PD;
+  the recursion then *continues with the shifted matrix* M_k − τ·diag(M_k) ⪯ M_k, which by monotonicity (MATH §2)
+  can only increase the final value. So the number a trajectory returns is exactly what `certify` recomputes
+  from its Λ sequence, and it is an upper bound for that sequence with the floating-point error covered.
+
+General slopes [α, β] (p = αβ, m = (α+β)/2):
+* p ≥ 0, mode "drop": the rule sees Γ̂ = (α+β)² W M^{-1} W^T (p-term dropped, ECLipsE-Fast's convention);
+  with ``keep_p`` the p-term is then put back (S = M + 2p WᵀΛW ⪰ M only shrinks Γ̂: still admissible, tighter).
+* any p, mode "schur": Λ is admissible for the full recursion with the p-term iff
+  M_{k-1} − ((β−α)²/2) Wᵀ Λ W ≻ 0 (Schur complement of the 2×2 block of Z the other way round), i.e. iff
+  λ_max(Λ^{1/2} Γ̂' Λ^{1/2}) < 2 with Γ̂' = (β−α)² W M^{-1} W^T. Every rule applied to Γ̂' is therefore
+  admissible for αβ < 0 too; halving backtracking (MATH §5) stays as the rounding fallback.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import CertificationError
+from .network import MLP
+
+EPS = float(np.finfo(np.float64).eps)
+LANCZOS_MIN_N = 256  # below this, dense eigvalsh is as fast as Lanczos with its Python overhead
+MAX_BACKTRACK = 60
+
+
+def tau(n: int) -> float:
+    """Relative Cholesky margin for an n×n unit-diagonal matrix.
+
+    (n+1)·n·eps is Higham's worst-case Cholesky backward-error bound (‖ΔH‖₂ ≤ γ_{n+1}‖R‖_F²); it is capped at
+    1e-11 (reached at n ≈ 210), still ≥ 1e4× the typical √n·eps error, because the shift also loosens the value
+    (≈ L·τ/2 relative) and ECLipsE-Fast must match the eclipse-nn package to 1e-9 on 50-layer width-1000 nets.
+    """
+    return max(1e-12, min((n + 1) * n * EPS, 1e-11))
+
+
+# ---------------------------------------------------------------------------------------------------- linear algebra
+def sym(a: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (a + a.T)
+
+
+def lanczos_extremes(a: torch.Tensor, k_max: int = 300, rtol: float = 1e-13, seed: int = 0,
+                     need_lo: bool = True) -> tuple[float, float]:
+    """(λ_min, λ_max) of a symmetric matrix by Lanczos with full reorthogonalisation, converged to ~rtol.
+
+    Why: O(n²·iters) instead of eigvalsh's (4/3)n³. Ritz values are inner estimates (λ_max under-estimated);
+    callers must not rely on them for soundness: the Cholesky checks of the recursion enforce admissibility.
+    """
+    n = a.shape[0]
+    if n <= 2 * 8 + 2:
+        ev = torch.linalg.eigvalsh(a)
+        return float(ev[0]), float(ev[-1])
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    q = torch.randn(n, generator=g, dtype=a.dtype).to(a.device)
+    q = q / torch.linalg.vector_norm(q)
+    k_max = min(k_max, n)
+    Q = torch.empty((k_max, n), dtype=a.dtype, device=a.device)
+    alphas, betas = [], []
+    prev_hi = prev_lo = None
+    beta = 0.0
+    for j in range(k_max):
+        Q[j] = q
+        w = a @ q
+        alpha = float(torch.dot(w, q))
+        # full reorthogonalisation (twice is enough)
+        w = w - Q[: j + 1].T @ (Q[: j + 1] @ w)
+        w = w - Q[: j + 1].T @ (Q[: j + 1] @ w)
+        beta = float(torch.linalg.vector_norm(w))
+        alphas.append(alpha)
+        if j >= 4 and (j % 4 == 0 or beta < 1e-300 or j == k_max - 1):
+            t = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
+            ev, evec = np.linalg.eigh(t)
+            lo, hi = ev[0], ev[-1]
+            scale = max(abs(lo), abs(hi), 1e-300)
+            res_hi = abs(beta * evec[-1, -1])
+            res_lo = abs(beta * evec[-1, 0])
+            converged = res_hi <= 1e-7 * scale and (res_lo <= 1e-7 * scale or not need_lo)  # Ritz error ~ res²/gap
+            stable = prev_hi is not None and abs(hi - prev_hi) <= rtol * scale and (
+                abs(lo - prev_lo) <= rtol * scale or not need_lo)
+            if beta < 1e-300 or (converged and stable):
+                return float(lo), float(hi)
+            prev_hi, prev_lo = hi, lo
+        if beta < 1e-300:
+            break
+        betas.append(beta)
+        q = w / beta
+    ev = torch.linalg.eigvalsh(a)
+    return float(ev[0]), float(ev[-1])
+
+
+def lmax_sym(a: torch.Tensor) -> float:
+    """Largest eigenvalue of a symmetric matrix (dense for small n, Lanczos for large)."""
+    if a.shape[0] < LANCZOS_MIN_N:
+        return float(torch.linalg.eigvalsh(a)[-1])
+    return lanczos_extremes(a, need_lo=False)[1]
+
+
+def extremes_sym(a: torch.Tensor) -> tuple[float, float]:
+    if a.shape[0] < LANCZOS_MIN_N:
+        ev = torch.linalg.eigvalsh(a)
+        return float(ev[0]), float(ev[-1])
+    return lanczos_extremes(a)
+
+
+def checked_cholesky(a: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Certify a ≻ 0 with a relative margin and return (a', chol(a')) with a' = a − τ·diag(a) ⪯ a.
+
+    Jacobi scaling C = D a D (D = diag(a)^{-1/2}) makes the test scale-free; chol(C − τI) succeeding proves the
+    exact C ≻ 0 when τ covers the Cholesky backward error. Raises CertificationError otherwise.
+    """
+    n = a.shape[0]
+    d = torch.diagonal(a)
+    if not bool(torch.all(d > 0)) or not bool(torch.isfinite(a).all()):
+        raise CertificationError(f"{what} is not positive definite (non-positive or non-finite diagonal)")
+    t = tau(n)
+    s = torch.rsqrt(d)
+    c = a * s[:, None] * s[None, :]
+    c.diagonal().sub_(t)
+    r, info = torch.linalg.cholesky_ex(c)
+    if int(info) != 0:
+        raise CertificationError(f"{what} is not positive definite with relative margin {t:.1e}")
+    shifted = a.clone()
+    shifted.diagonal().mul_(1.0 - t)
+    return shifted, r / s[:, None]
+
+
+# ---------------------------------------------------------------------------------------------------- rules
+class LayerCache:
+    """Spectral quantities of one layer's normalised Γ̂, computed once and shared by every candidate rule."""
+
+    def __init__(self, g: torch.Tensor) -> None:
+        self.g = g
+        self._lmax: float | None = None
+        self._off: tuple[float, float] | None = None
+        self._rows: torch.Tensor | None = None
+
+    @property
+    def lmax(self) -> float:
+        if self._lmax is None:
+            self._lmax = lmax_sym(self.g)
+        return self._lmax
+
+    @property
+    def off_extremes(self) -> tuple[float, float]:
+        if self._off is None:
+            o = 0.5 * self.g.clone()
+            o.diagonal().zero_()
+            self._off = extremes_sym(o)
+        return self._off
+
+    @property
+    def row_sums(self) -> torch.Tensor:
+        if self._rows is None:
+            self._rows = self.g.abs().sum(dim=1)
+        return self._rows
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A closed-form diagonal multiplier rule Λ = rule(Γ̂), homogeneous of degree −1 (MATH §4).
+
+    kind: "sn" (Λ = c/λ_max(Γ̂)·I, 0<c<2), "gc" (Λ_ii = c/Σ_j|Γ̂_ij|, 0<c<2),
+    "shift" (Λ_ii = 1/(Γ̂_ii/2 + c·s), s = ‖offdiag(Γ̂)/2‖₂ ("norm") or λ_max(offdiag(Γ̂)/2) ("eig"), c>1).
+    """
+
+    kind: str
+    c: float
+    variant: str = "norm"
+
+    @property
+    def name(self) -> str:
+        extra = "" if self.kind != "shift" or self.variant == "norm" else f",{self.variant}"
+        return f"{self.kind}({self.c:g}{extra})"
+
+    def validate(self) -> None:
+        ok = (0 < self.c < 2) if self.kind in ("sn", "gc") else (self.c > 1 and self.kind == "shift")
+        if not ok or not math.isfinite(self.c):
+            raise ValueError(f"rule {self.name}: c outside its admissible range")
+
+    def __call__(self, cache: LayerCache) -> tuple[torch.Tensor, float]:
+        """(λ vector, analytic lower bound on λ_min(2Λ^{-1}−Γ̂)/λ_max(2Λ^{-1})) for the normalised Γ̂."""
+        g = cache.g
+        n = g.shape[0]
+        if self.kind == "sn":
+            lm = max(cache.lmax, 1e-300)
+            return torch.full((n,), self.c / lm, dtype=g.dtype, device=g.device), 1.0 - self.c / 2
+        if self.kind == "gc":
+            r = cache.row_sums
+            r = torch.clamp(r, min=1e-12 * float(r.max()) + 1e-300)
+            lam = self.c / r
+            return lam, float((1 - self.c / 2) * r.min() / r.max())
+        lo, hi = cache.off_extremes
+        s = max(-lo, hi) if self.variant == "norm" else hi
+        s = max(s, 1e-9)  # Γ̂ (nearly) diagonal: keep a strictly positive shift
+        diag = torch.diagonal(g)
+        inv = 0.5 * diag + self.c * s
+        return 1.0 / inv, float(2 * (self.c - 1) * s / (2 * float(inv.max())))
+
+
+SN1 = Rule("sn", 1.0)
+
+
+# ---------------------------------------------------------------------------------------------------- the recursion
+@dataclass
+class Slopes:
+    alpha: float
+    beta: float
+
+    @property
+    def m(self) -> float:
+        return 0.5 * (self.alpha + self.beta)
+
+    @property
+    def p(self) -> float:
+        return self.alpha * self.beta
+
+
+@dataclass
+class Trajectory:
+    """One certified run: value, the log of every true-scale Λ_k, per-layer margins and rule names."""
+
+    value: float
+    log_value: float
+    log_lambdas: list[np.ndarray] = field(default_factory=list)
+    margins: list[float] = field(default_factory=list)
+    choices: list[str] = field(default_factory=list)
+    backtracks: int = 0
+
+    @property
+    def min_margin(self) -> float:
+        finite = [m for m in self.margins if math.isfinite(m)]
+        return min(finite) if finite else float("nan")
+
+    def params(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"min_margin": _r(self.min_margin), "log_value": _r(self.log_value)}
+        if self.backtracks:
+            out["backtracks"] = self.backtracks
+        return out
+
+
+def _r(x: float, digits: int = 6) -> float | None:
+    return None if not math.isfinite(x) else float(f"{x:.{digits}g}")
+
+
+class Recursion:
+    """The state machine M_0 = I → M_1 → … → M_{L-1} → L̂, in normalised units with a log-scale accumulator."""
+
+    def __init__(self, net: MLP, device: torch.device | str = "cpu", keep_p: bool = True,
+                 check: Callable[[], None] | None = None) -> None:
+        self.net = net
+        self.device = torch.device(device)
+        self.W = [torch.as_tensor(w, dtype=torch.float64, device=self.device) for w in net.weights]
+        self.slopes = [Slopes(a.alpha, a.beta) for a in net.activations]
+        self.keep_p = keep_p
+        self.check = check or (lambda: None)
+        n0 = self.W[0].shape[1]
+        self.M = torch.eye(n0, dtype=torch.float64, device=self.device)
+        self.R = self.M.clone()
+        self.log_mu = 0.0
+        self.k = 0  # layers done
+        self.traj = Trajectory(value=float("nan"), log_value=float("nan"))
+
+    # -- per layer ---------------------------------------------------------------------------------------------
+    def mode(self, k: int) -> str:
+        return "drop" if self.slopes[k].p >= 0 else "schur"
+
+    def gram(self, k: int, coef: float, R: torch.Tensor | None = None) -> torch.Tensor:
+        """coef · W_k X^{-1} W_k^T from the Cholesky factor R of X (defaults to the current M)."""
+        y = torch.linalg.solve_triangular(self.R if R is None else R, self.W[k].T, upper=False)
+        return sym(coef * (y.T @ y))
+
+    def layer_gram(self) -> tuple[torch.Tensor, float]:
+        """The normalised Γ̂_k the rules see and its normalisation d (max diagonal)."""
+        k = self.k
+        s = self.slopes[k]
+        coef = (s.alpha + s.beta) ** 2 if self.mode(k) == "drop" else (s.beta - s.alpha) ** 2
+        g = self.gram(k, coef)
+        d = float(torch.diagonal(g).max())
+        if not (d > 0 and math.isfinite(d)):
+            raise CertificationError(f"layer {k + 1}: degenerate Gram matrix (max diagonal {d})")
+        return g / d, d
+
+    def finish(self, lam: torch.Tensor, g: torch.Tensor, d: float, keep_p: bool | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """M̄_k (shifted, certified) and its Cholesky factor for multipliers λ̄ (normalised units)."""
+        k = self.k
+        s = self.slopes[k]
+        keep = self.keep_p if keep_p is None else keep_p
+        if s.p < 0:
+            keep = True  # required for αβ < 0
+        if not bool(torch.all(lam > 0)) or not bool(torch.isfinite(lam).all()):
+            raise CertificationError(f"layer {k + 1}: multipliers must be finite and positive")
+        if keep and s.p != 0:
+            w = self.W[k]
+            smat = sym(self.M + (2 * s.p / d) * (w.T * lam[None, :]) @ w)
+            _, rs = checked_cholesky(smat, f"S_{k} (layer {k + 1})")
+            gs = self.gram(k, 4 * s.m ** 2 / d, R=rs)
+        elif self.mode(k) == "drop":
+            gs = g
+        else:
+            raise CertificationError(f"layer {k + 1}: αβ < 0 requires the p-term")
+        m = sym(2 * torch.diag(lam) - lam[:, None] * gs * lam[None, :])
+        return checked_cholesky(m, f"M_{k + 1} (layer {k + 1})")
+
+    def commit(self, lam: torch.Tensor, d: float, mr: tuple[torch.Tensor, torch.Tensor], margin: float,
+               choice: str) -> None:
+        self.M, self.R = mr
+        log_lam = torch.log(lam).cpu().numpy() + self.log_mu - math.log(d)
+        self.log_mu -= math.log(d)
+        self.traj.log_lambdas.append(log_lam)
+        self.traj.margins.append(margin)
+        self.traj.choices.append(choice)
+        self.k += 1
+
+    def step_with(self, choose: Callable[[LayerCache], tuple[torch.Tensor, float, str]]) -> None:
+        """One layer: Γ̂_k, Λ_k = choose(Γ̂_k), certify; on a failed check halve Λ (MATH §5 backtracking)."""
+        self.check()
+        g, d = self.layer_gram()
+        lam, margin, name = choose(LayerCache(g))
+        for _ in range(MAX_BACKTRACK):
+            try:
+                mr = self.finish(lam, g, d)
+                break
+            except CertificationError:
+                lam = 0.5 * lam  # always admissible in the limit: 2Λ^{-1} − Γ̂ grows as Λ shrinks
+                self.traj.backtracks += 1
+        else:
+            raise CertificationError(f"layer {self.k + 1}: no admissible multiplier after backtracking")
+        self.commit(lam, d, mr, margin, name)
+
+    def final(self) -> Trajectory:
+        """L̂ = sqrt(λ_max(W_L M_{L-1}^{-1} W_L^T)), rounded up by the eigvalsh error bound."""
+        self.check()
+        w = self.W[-1]
+        y = torch.linalg.solve_triangular(self.R, w.T, upper=False)
+        if y.shape[1] == 1:
+            lam = float(torch.sum(y * y))
+        else:
+            small = y.T @ y if y.shape[1] <= y.shape[0] else y @ y.T
+            lam = float(torch.linalg.eigvalsh(sym(small))[-1])
+        n = min(y.shape)
+        lam *= 1.0 + 4 * (n + 1) * EPS
+        if not (lam > 0 and math.isfinite(lam)):
+            log_v = -math.inf if lam == 0 else math.nan
+        else:
+            log_v = 0.5 * (math.log(lam) - self.log_mu)
+        self.traj.log_value = log_v
+        self.traj.value = math.exp(log_v) if math.isfinite(log_v) or log_v == -math.inf else math.nan
+        if not math.isfinite(self.traj.value):
+            raise CertificationError(f"final value not finite (log value {log_v})")
+        return self.traj
+
+    @property
+    def hidden(self) -> int:
+        return len(self.W) - 1
+
+
+# ---------------------------------------------------------------------------------------------------- drivers
+def _zero_layer(net: MLP) -> bool:
+    return any(not np.any(w) for w in net.weights)
+
+
+def _zero_traj(net: MLP) -> Trajectory:
+    return Trajectory(value=0.0, log_value=-math.inf,
+                      log_lambdas=[np.zeros(w.shape[0]) for w in net.weights[:-1]], choices=["zero-layer"])
+
+
+def run_rule(net: MLP, rule: Rule | Sequence[Rule], *, device: torch.device | str = "cpu", keep_p: bool = True,
+             check: Callable[[], None] | None = None) -> Trajectory:
+    """One certified trajectory with a fixed rule (or one rule per hidden layer)."""
+    if _zero_layer(net):
+        return _zero_traj(net)
+    rec = Recursion(net, device, keep_p=keep_p, check=check)
+    rules = [rule] * rec.hidden if isinstance(rule, Rule) else list(rule)
+    for r in rules:
+        r.validate()
+
+    for k in range(rec.hidden):
+        r = rules[k]
+        rec.step_with(lambda cache, r=r: (*r(cache), r.name))
+    return rec.final()
+
+
+def certify_log(net: MLP, log_lambdas: Sequence[np.ndarray], *, device: torch.device | str = "cpu",
+                check: Callable[[], None] | None = None) -> Trajectory:
+    """Recompute the bound for given true-scale multipliers log Λ_k, keeping the p-term; raise if not certified."""
+    rec = Recursion(net, device, keep_p=True, check=check)
+    if len(log_lambdas) != rec.hidden:
+        raise CertificationError(f"need {rec.hidden} multiplier vectors, got {len(log_lambdas)}")
+    for k, ll in enumerate(log_lambdas):
+        ll = np.asarray(ll, dtype=np.float64).reshape(-1)
+        if ll.shape[0] != rec.W[k].shape[0]:
+            raise CertificationError(f"layer {k + 1}: {ll.shape[0]} multipliers for {rec.W[k].shape[0]} neurons")
+        if not np.all(np.isfinite(ll)):
+            raise CertificationError(f"layer {k + 1}: multipliers must be finite and positive")
+        rec.check()
+        g, d = rec.layer_gram()
+        lam = torch.as_tensor(np.exp(ll - rec.log_mu + math.log(d)), dtype=torch.float64, device=rec.device)
+        mr = rec.finish(lam, g, d)
+        rec.commit(lam, d, mr, float("nan"), "given")
+    return rec.final()
+
+
+def certify(net: MLP, lambdas: list[np.ndarray]) -> float:
+    """Certified L̂ for raw diagonal multipliers Λ_1..Λ_{L-1} in MATH §2's normalisation, or CertificationError.
+
+    M_0 = I, S_{k-1} = M_{k-1} + 2p W_kᵀΛ_kW_k, Γ̂_k = (α+β)² W_k S_{k-1}^{-1} W_kᵀ, M_k = 2Λ_k − Λ_kΓ̂_kΛ_k,
+    L̂ = sqrt(λ_max(W_L M_{L-1}^{-1} W_Lᵀ)). The p-term is kept (valid for p > 0, required for p < 0). Every
+    S_{k-1} and M_k must pass a Cholesky check with relative margin τ(n); an SDP solver's T_k/ρ goes in here.
+    """
+    logs = []
+    for k, lam in enumerate(lambdas):
+        lam = np.asarray(lam, dtype=np.float64).reshape(-1)
+        if lam.size == 0 or not np.all(lam > 0) or not np.all(np.isfinite(lam)):
+            raise CertificationError(f"layer {k + 1}: multipliers must be finite and strictly positive")
+        logs.append(np.log(lam))
+    return certify_log(net, logs).value
+
+
+def run_greedy(net: MLP, candidates: Sequence[Rule], *, device: torch.device | str = "cpu", keep_p: bool = True,
+               check: Callable[[], None] | None = None, power_iters: int = 12) -> Trajectory:
+    """Per-layer greedy mixing (MATH §5): keep the candidate minimising the look-ahead λ_max(W_{k+1}M_k^{-1}W_{k+1}ᵀ).
+
+    Candidates are compared with p dropped (p ≥ 0) and a block power estimate of the look-ahead; only the chosen
+    one is finished with the p-term and certified, so the returned value is certify() of the chosen sequence.
+    """
+    if _zero_layer(net):
+        return _zero_traj(net)
+    for r in candidates:
+        r.validate()
+    rec = Recursion(net, device, keep_p=keep_p, check=check)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    for k in range(rec.hidden):
+        rec.check()
+        g, d = rec.layer_gram()
+        cache = LayerCache(g)
+        w_next = rec.W[k + 1]
+        n_out = w_next.shape[0]
+        probe = torch.randn(n_out, min(4, n_out), generator=gen, dtype=torch.float64).to(rec.device)
+        best: tuple[float, Rule, torch.Tensor, float, Any] | None = None
+        plain_p = rec.slopes[k].p == 0 or rec.mode(k) == "schur" or not keep_p
+        for r in candidates:
+            lam, margin = r(cache)
+            try:
+                mr = rec.finish(lam, g, d, keep_p=False if rec.slopes[k].p > 0 else None)
+            except CertificationError:
+                continue
+            score = _lookahead(mr[1], w_next, probe, power_iters, exact=(k + 1 == rec.hidden))
+            if best is None or score < best[0]:
+                best = (score, r, lam, margin, mr)
+        if best is None:
+            raise CertificationError(f"layer {k + 1}: no candidate rule certified")
+        _, r, lam, margin, mr = best
+        if not plain_p:  # re-finish the winner with the p-term
+            mr = rec.finish(lam, g, d)
+        rec.commit(lam, d, mr, margin, r.name)
+    return rec.final()
+
+
+def _lookahead(r: torch.Tensor, w: torch.Tensor, probe: torch.Tensor, iters: int, exact: bool) -> float:
+    """λ_max(W M^{-1} W^T) given chol(M) = r: exact for the output layer, block power otherwise (a comparison only)."""
+    if exact or w.shape[0] <= 8:
+        y = torch.linalg.solve_triangular(r, w.T, upper=False)
+        small = y.T @ y
+        return float(torch.linalg.eigvalsh(sym(small))[-1])
+    v = probe
+    est = 0.0
+    for _ in range(iters):
+        u = torch.linalg.solve_triangular(r, w.T @ v, upper=False)
+        u = torch.linalg.solve_triangular(r.T, u, upper=True)
+        z = w @ u
+        est = float(torch.linalg.vector_norm(z, dim=0).max() / torch.linalg.vector_norm(v, dim=0).max())
+        v, _ = torch.linalg.qr(z)
+    # Rayleigh–Ritz on the final block for a sharper comparison value
+    u = torch.linalg.solve_triangular(r, w.T @ v, upper=False)
+    return max(est, float(torch.linalg.eigvalsh(sym(u.T @ u))[-1]))
+
+
+def naive_value(net: MLP, device: torch.device | str = "cpu") -> tuple[float, float]:
+    """(∏‖W_k‖₂ · ∏ gain_k, its log): spectral norms from singular values (exact to rounding), product in logs."""
+    log_v = 0.0
+    for w in net.weights:
+        t = torch.as_tensor(w, dtype=torch.float64, device=device)
+        small = t @ t.T if t.shape[0] <= t.shape[1] else t.T @ t
+        s2 = float(torch.linalg.eigvalsh(sym(small))[-1]) * (1.0 + 4 * (min(t.shape) + 1) * EPS)
+        if s2 <= 0:
+            return 0.0, -math.inf
+        log_v += 0.5 * math.log(s2)
+    for a in net.activations:
+        if a.gain == 0:
+            return 0.0, -math.inf
+        log_v += math.log(a.gain)
+    return math.exp(log_v), log_v
