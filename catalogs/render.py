@@ -1,0 +1,147 @@
+"""Rows (list of dicts) -> text in four formats, shared by the catalog commands and `lipzoo audit`.
+
+table and markdown are for people: chosen columns, values to 4 significant digits (3.142e-05), ratios to 3.
+csv and json are for programs: every key of every row, floats at full precision (shortest round-trip repr),
+timestamps ISO 8601 UTC, NULL as empty (csv) / null (json). rich is imported only for `table`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+FORMATS = ("table", "csv", "json", "markdown")
+_JSON_KEYS = {"params", "summary"}  # JSON-typed columns come back from DuckDB as strings
+
+
+@dataclass(frozen=True)
+class Col:
+    key: str
+    header: str
+    kind: str = "text"  # text | num | ratio | int | time | bool | rev
+    justify: str | None = None
+
+
+def fmt_num(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return f"{float(v):.4g}"
+
+
+def fmt_cell(v: Any, kind: str) -> str:
+    if v is None:
+        return ""
+    if kind == "num":
+        return fmt_num(v)
+    if kind == "ratio":
+        return "" if isinstance(v, float) and not math.isfinite(v) else f"{float(v):.3g}"
+    if kind == "int":
+        return str(int(v))
+    if kind == "time":
+        return v.strftime("%Y-%m-%d %H:%M") if isinstance(v, datetime) else str(v)
+    if kind == "bool":
+        return "yes" if v else "no"
+    if kind == "rev":
+        s = str(v)
+        return s if len(s) <= 14 else s[:12] + "…"
+    return str(v)
+
+
+def _iso(v: datetime | date) -> str:
+    if isinstance(v, datetime) and v.tzinfo is not None and v.utcoffset() is not None and not v.utcoffset():
+        return v.replace(tzinfo=None).isoformat() + "Z"
+    return v.isoformat()
+
+
+def _machine(v: Any, key: str = "") -> Any:
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, datetime | date):
+        return _iso(v)
+    if key in _JSON_KEYS and isinstance(v, str):
+        try:
+            return json.loads(v)
+        except ValueError:
+            return v
+    if isinstance(v, list | tuple):
+        return [_machine(x) for x in v]
+    return v
+
+
+def to_json(rows: list[dict[str, Any]]) -> str:
+    return json.dumps([{k: _machine(v, k) for k, v in r.items()} for r in rows], indent=2)
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    keys: list[str] = []
+    for r in rows:
+        keys.extend(k for k in r if k not in keys)
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(keys)
+    for r in rows:
+        out = []
+        for k in keys:
+            v = _machine(r.get(k), k)
+            if v is None:
+                out.append("")
+            elif isinstance(v, bool):
+                out.append("true" if v else "false")
+            elif isinstance(v, float):
+                out.append(repr(v))
+            elif isinstance(v, dict | list):
+                out.append(json.dumps(v))
+            else:
+                out.append(str(v))
+        w.writerow(out)
+    return buf.getvalue()
+
+
+def to_markdown(rows: list[dict[str, Any]], cols: list[Col]) -> str:
+    def esc(s: str) -> str:
+        return s.replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(esc(c.header) for c in cols) + " |",
+             "|" + "|".join("---:" if c.kind in ("num", "ratio", "int") else "---" for c in cols) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(esc(fmt_cell(r.get(c.key), c.kind)) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def print_table(rows: list[dict[str, Any]], cols: list[Col], title: str | None = None,
+                caption: str | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    width = max(100, shutil.get_terminal_size((160, 24)).columns)
+    console = Console(width=width, highlight=False, soft_wrap=False)
+    table = Table(title=title, caption=caption, show_lines=False, header_style="bold")
+    for c in cols:
+        justify = c.justify or ("right" if c.kind in ("num", "ratio", "int") else "left")
+        table.add_column(c.header, justify=justify, no_wrap=c.kind != "text" or c.key.endswith("_id"))  # type: ignore[arg-type]
+    for r in rows:
+        table.add_row(*(fmt_cell(r.get(c.key), c.kind) or "—" for c in cols))
+    console.print(table)
+
+
+def emit(rows: list[dict[str, Any]], cols: list[Col], fmt: str, title: str | None = None,
+         caption: str | None = None) -> None:
+    """Print rows in `fmt` to stdout (table via rich; the others as exact text)."""
+    import sys
+
+    if fmt == "table":
+        print_table(rows, cols, title=title, caption=caption)
+    elif fmt == "csv":
+        sys.stdout.write(to_csv(rows))
+    elif fmt == "json":
+        sys.stdout.write(to_json(rows) + "\n")
+    elif fmt == "markdown":
+        sys.stdout.write(to_markdown(rows, cols))
+    else:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
