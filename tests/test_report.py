@@ -1,0 +1,168 @@
+"""`lipzoo report`: the HTML page built from a real catalog file, rendered in headless Chromium.
+
+The catalog is populated through `Catalog.write` with ResultRow objects (three models, one of them with three
+revisions); the page is checked as a browser sees it (`--dump-dom`) and as a person sees it (`--screenshot`,
+non-blank pixels). Chromium comes from Debian (`apt-get install chromium`; .ci/system-deps does it in CI).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from catalogs import Catalog, ResultRow
+from flows.report import LogScale, load_report_data, log_ticks, render_html, write_report
+
+T0 = datetime(2026, 11, 20, 3, 0, tzinfo=UTC)
+# model -> revision -> {variant: value | ("refused"/"failed", reason)}; lower-* are measured lower bounds
+ZOO: dict[str, dict[str, dict[str, float | tuple[str, str]]]] = {
+    "hf:acme/mlp-small": {
+        "1111111aaaaaaa": {"naive": 9.81, "eclipse-fast": 4.02, "sh-combined": 3.71, "optimized": 3.02,
+                           "lipsdp-neuron": 2.98, "lower-sampled": 1.95, "lower-ascent": 2.41},
+        "2222222bbbbbbb": {"naive": 8.12, "eclipse-fast": 3.55, "sh-combined": 3.30, "optimized": 2.77,
+                           "lipsdp-neuron": 2.74, "lower-sampled": 1.88, "lower-ascent": 2.20},
+        "3333333ccccccc": {"naive": 6.40, "eclipse-fast": 2.91, "sh-combined": 2.70, "optimized": 2.31,
+                           "lipsdp-neuron": 2.29, "lower-sampled": 1.70, "lower-ascent": 2.05},
+    },
+    "timm:resnet18": {
+        "random-init:seed=0": {"naive": 3.1e6, "eclipse-fast": 2.2e5, "sh-combined": 1.9e5, "optimized": 1.1e5,
+                               "lipsdp-neuron": ("refused", "LipSDP only for plain MLPs"),
+                               "lower-sampled": 41.0, "lower-ascent": 57.5},
+    },
+    "local:demo/mlp-tanh": {
+        "sha256:abc123": {"naive": 2.5, "eclipse-fast": 1.61, "sh-combined": 1.58, "optimized": 1.49,
+                          "lipsdp-neuron": ("failed", "certification failed: M_2 not positive definite"),
+                          "lower-sampled": 1.31, "lower-ascent": 1.42},
+    },
+}
+UPPER = ["naive", "eclipse-fast", "sh-combined", "optimized", "lipsdp-neuron"]
+
+
+def _rows() -> list[ResultRow]:
+    rows = []
+    for mid, revs in ZOO.items():
+        hub, _, repo = mid.partition(":")
+        for i, (rev, results) in enumerate(revs.items()):
+            for var, val in results.items():
+                kind = "lower" if var.startswith("lower") else "upper"
+                status, reason, value = ("ok", None, val) if isinstance(val, float) else (val[0], val[1], None)
+                rows.append(ResultRow(model_id=mid, hub=hub, repo_id=repo, revision=rev, variant=var, kind=kind,
+                                      status=status, value=value, reason=reason, seconds=0.1, engine_version="1",
+                                      computed_at=T0 + timedelta(days=i, minutes=len(rows))))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def catalog_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("report") / "lipzoo.duckdb"
+    cat = Catalog(path)
+    # one write per revision, in time order, as successive audits would write them
+    for rev_rows in _by_revision(_rows()):
+        cat.write(rev_rows)
+    return path
+
+
+def _by_revision(rows: list[ResultRow]) -> list[list[ResultRow]]:
+    groups: dict[tuple[str, str], list[ResultRow]] = {}
+    for r in rows:
+        groups.setdefault((r.model_id, r.revision), []).append(r)
+    return sorted(groups.values(), key=lambda g: g[0].computed_at)
+
+
+# ------------------------------------------------------------------------------------------ pure functions
+
+def test_log_ticks_cover_wide_and_narrow_ranges():
+    assert log_ticks(0.5, 2e6)[:3] == [1.0, 10.0, 100.0]
+    assert log_ticks(1.3, 9.9) == [2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]
+    narrow = log_ticks(1.41, 1.62)
+    assert len(narrow) >= 2 and all(1.41 <= t <= 1.62 for t in narrow)
+    s = LogScale([1.0, 100.0], 0, 200, pad=1.0)
+    assert s(1.0) == pytest.approx(0) and s(10.0) == pytest.approx(100) and s(100.0) == pytest.approx(200)
+
+
+def test_report_data_comes_from_the_catalog_queries(catalog_path):
+    data = load_report_data(catalog_path)
+    assert [r["model_id"] for r in data.leaderboard] == ["local:demo/mlp-tanh", "hf:acme/mlp-small", "timm:resnet18"]
+    small = next(d for d in data.details if d.model_id == "hf:acme/mlp-small")
+    assert small.revision == "3333333ccccccc"
+    assert [r["revision"] for r in small.revisions] == ["1111111aaaaaaa", "2222222bbbbbbb", "3333333ccccccc"]
+    assert {r["variant"]: r["value"] for r in small.latest}["optimized"] == pytest.approx(2.31)
+    assert small.history["1111111aaaaaaa"]["naive"] == pytest.approx(9.81)
+    resnet = next(d for d in data.details if d.model_id == "timm:resnet18")
+    refused = next(r for r in resnet.latest if r["variant"] == "lipsdp-neuron")
+    assert refused["status"] == "refused" and "plain MLPs" in refused["reason"]
+    focus = load_report_data(catalog_path, model="acme/mlp-small")
+    assert focus.focus == "hf:acme/mlp-small" and [d.model_id for d in focus.details] == ["hf:acme/mlp-small"]
+
+
+def test_html_is_self_contained_and_labels_every_plot(catalog_path):
+    page = render_html(load_report_data(catalog_path))
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page), "the page must not load anything"
+    assert "<script" not in page
+    for mid in ZOO:
+        assert re.search(rf'<svg[^>]*class="bounds-plot"[^>]*data-model="{re.escape(mid)}"', page), mid
+    # the tightness heat map carries the numbers: resnet18 optimized 1.1e5 / 57.5
+    assert "×1913<" in page
+    assert "×1.049" in page  # mlp-tanh optimized 1.49 / 1.42
+
+
+# ------------------------------------------------------------------------------------------ headless Chromium
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
+
+
+def _run_chromium(exe: str, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--disable-dev-shm-usage", "--hide-scrollbars", f"--user-data-dir={tmp / 'profile'}"]
+    return subprocess.run([exe, *flags, *args], capture_output=True, text=True, timeout=120, cwd=tmp)
+
+
+def test_report_renders_in_headless_chromium(catalog_path, tmp_path):
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("chromium is not installed (apt-get install -y chromium; .ci/system-deps does it in CI)")
+    from PIL import Image, ImageStat
+
+    out = write_report(catalog_path, tmp_path / "report.html")
+    url = out.resolve().as_uri()
+    dom = _run_chromium(exe, tmp_path, "--dump-dom", url)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    html = dom.stdout
+    # the browser parsed the plots: one bounds plot and one history plot per model, a tightness heat map
+    for mid in ZOO:
+        assert re.search(rf'<svg[^>]*class="bounds-plot"[^>]*data-model="{re.escape(mid)}"', html), mid
+        assert re.search(rf'<svg[^>]*class="history-plot"[^>]*data-model="{re.escape(mid)}"', html), mid
+    assert html.count('class="tightness-plot"') == 1
+    for var in UPPER + ["lower-sampled", "lower-ascent"]:
+        assert f'data-variant="{var}"' in html and f">{var}</text>" in html, var
+    # the history of the 3-revision model has its three revisions on the x axis, in order
+    hist = re.search(r'<svg[^>]*class="history-plot"[^>]*data-model="hf:acme/mlp-small".*?</svg>', html, re.S)
+    assert hist is not None
+    assert re.findall(r'class="revision-label"[^>]*>(\w+)', hist.group(0)) == ["1111111aaa", "2222222bbb",
+                                                                                 "3333333ccc"]
+    assert 'data-status="refused"' in html and "LipSDP only for plain MLPs" in html
+
+    png = tmp_path / "report.png"
+    shot = _run_chromium(exe, tmp_path, f"--screenshot={png}", "--window-size=1200,2400", url)
+    assert shot.returncode == 0 and png.exists(), shot.stderr[-2000:]
+    img = Image.open(png).convert("RGB")
+    assert img.size == (1200, 2400)
+    stat = ImageStat.Stat(img)
+    assert max(stat.var) > 500, f"the screenshot looks blank (variance {stat.var})"
+    # the plots' colours are on the page: the lower-bound red and the variant blues/greens
+    colors = {c for _, c in img.getcolors(maxcolors=1 << 20) or []}
+    assert (214, 39, 40) in colors and (31, 119, 180) in colors
+    keep = Path(__file__).resolve().parents[1] / "out"
+    if keep.is_dir():  # a developer's look at it: ./out/report.png (ignored by git)
+        shutil.copy(png, keep / "report.png")
