@@ -213,10 +213,19 @@ def _module_ops(src: str, m: nn.Module, where: str) -> list[_Op]:
             s = s * _np64(m.weight)
         t = -_np64(m.running_mean) * s + (0.0 if m.bias is None else _np64(m.bias))
         return [_Diag(s, t, where)]
+    if isinstance(m, nn.PReLU):  # per-channel slopes a_i: every quotient lies in the hull of {a_i} and 1
+        w = m.weight.detach().to(torch.float64).cpu().clone()
+        lo, hi = min(float(w.min()), 1.0), max(float(w.max()), 1.0)
+        return [_Act(Activation(f"prelu[{lo:g},{hi:g}]", lo, hi, lambda x, w=w: F.prelu(x, w.to(x))), where)]
     act = from_module(m)
     if act is not None:
         return [_Act(act, where)]
     raise NotAnMLP(src, f"unsupported layer {type(m).__name__} at '{where}'")
+
+
+def _plain_sequential(m: nn.Module) -> bool:
+    """A Sequential whose forward is the stock one (a subclass may compute something else)."""
+    return isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward
 
 
 def _sequential_ops(src: str, seq: nn.Sequential, prefix: str = "") -> list[_Op] | None:
@@ -224,7 +233,7 @@ def _sequential_ops(src: str, seq: nn.Sequential, prefix: str = "") -> list[_Op]
     ops: list[_Op] = []
     for child_name, child in seq.named_children():
         where = f"{prefix}{child_name}"
-        if isinstance(child, nn.Sequential):
+        if _plain_sequential(child):
             sub = _sequential_ops(src, child, where + ".")
             if sub is None:
                 return None
@@ -340,7 +349,7 @@ def mlp_from_module(module: nn.Module, name: str | None = None,
     hand the module to the graph engine instead.
     """
     src = name or type(module).__name__
-    ops = _sequential_ops(src, module) if isinstance(module, nn.Sequential) else None
+    ops = _sequential_ops(src, module) if _plain_sequential(module) else None
     if ops is None:
         ops = _fx_ops(src, module)
     lins, acts = _assemble(src, ops)
@@ -490,24 +499,46 @@ def _from_state_dict(src: str, sd: Mapping[str, Any], ordered: bool = True) -> l
 _WB = re.compile(r"^([WwBb])_?(\d+)$")
 
 
-def _from_arrays_dict(src: str, d: Mapping[str, Any]) -> list[_Op]:
+def _state_dict_ops(src: str, sd: Mapping[str, Any], ordered_source: bool) -> list[_Op]:
+    """Natural key order, or the file's own order when only that one chains; both chaining differently is an error."""
+    natural = _from_state_dict(src, sd, ordered=True)
+    natural_error: InputError | None = None
+    try:
+        _assemble(src, natural)
+    except InputError as e:
+        natural_error = e
+    stored = _from_state_dict(src, sd, ordered=False) if ordered_source else natural
+    if [op.where for op in stored] == [op.where for op in natural]:
+        if natural_error is not None:
+            raise natural_error
+        return natural
+    try:
+        _assemble(src, stored)
+        stored_ok = True
+    except InputError:
+        stored_ok = False
+    if natural_error is None and stored_ok:
+        def names(ops: list[_Op]) -> str:
+            w = [op.where.removesuffix(".weight") for op in ops if not isinstance(op, _Act)]
+            return ", ".join(w[:5]) + (", ..." if len(w) > 5 else "")
+
+        raise InputError(src, f"ambiguous layer order: the names sort as [{names(natural)}] but the file stores "
+                              f"[{names(stored)}] and both fit; name the layers so they sort in forward order, or "
+                              "pass the nn.Module")
+    if natural_error is None:
+        return natural
+    if stored_ok:
+        return stored
+    raise natural_error
+
+
+def _from_arrays_dict(src: str, d: Mapping[str, Any], ordered_source: bool = True) -> list[_Op]:
     """Dispatch on the key scheme: W1..WL/b1..bL, 'weights'(+'biases'), arr_0.., or a state dict."""
     keys = list(d)
     if not keys:
         raise InputError(src, "no arrays in the file")
     if any(k.endswith(("weight", "running_mean")) and (k == "weight" or "." in k) for k in keys):
-        sd = {k: v for k, v in d.items() if _is_arraylike(v)}
-        ops = _from_state_dict(src, sd, ordered=True)
-        try:
-            _assemble(src, ops)
-        except InputError as natural_error:  # natural order does not chain: the file's own order may
-            alt = _from_state_dict(src, sd, ordered=False)
-            try:
-                _assemble(src, alt)
-            except InputError:
-                raise natural_error from None
-            return alt
-        return ops
+        return _state_dict_ops(src, {k: v for k, v in d.items() if _is_arraylike(v)}, ordered_source)
     wb = {k: _WB.match(k) for k in keys}
     if any(m and m.group(1) in "Ww" for m in wb.values()):
         Ws = {int(m.group(2)): d[k] for k, m in wb.items() if m and m.group(1) in "Ww"}
@@ -773,7 +804,8 @@ def load(source: Any, activation: str | Activation | Sequence[Any] | None = None
             raise InputError(src, f"cannot read {what}: out of memory") from None
         except Exception as e:  # every library has its own corrupt-file exception; one line for the user
             raise InputError(src, f"cannot read {what} (corrupt or truncated?): {_first_line(e)}") from None
-        return _mlp_from_ops(src, name, _from_arrays_dict(src, data), activation, slope, stored)
+        ops = _from_arrays_dict(src, data, ordered_source=suffix != ".safetensors")  # safetensors sorts its keys
+        return _mlp_from_ops(src, name, ops, activation, slope, stored)
     src = name or "weights"
     if isinstance(source, Mapping):
         data = dict(source)

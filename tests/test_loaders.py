@@ -297,6 +297,28 @@ def test_each_activation_module(act: nn.Module, interval: tuple[float, float]) -
     assert_same_function(mlp, net, 3)
 
 
+class DoubledSequential(nn.Sequential):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * 2
+
+
+def test_sequential_subclass_with_its_own_forward_is_traced() -> None:
+    net = DoubledSequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1)).double()
+    with pytest.raises(NotAnMLP, match="unsupported operation mul"):
+        mlp_from_module(net)
+
+
+def test_prelu_per_channel_slopes() -> None:
+    prelu = nn.PReLU(6)
+    with torch.no_grad():
+        prelu.weight.copy_(torch.linspace(-0.3, 0.4, 6))
+    net = nn.Sequential(nn.Linear(3, 6), prelu, nn.Linear(6, 2)).double().eval()
+    mlp = mlp_from_module(net)
+    a = mlp.activations[0]
+    assert (a.alpha, a.beta) == (pytest.approx(-0.3), 1.0)
+    assert_same_function(mlp, net, 3)
+
+
 def _max_jacobian_norm(module: nn.Module, n_in: int, n: int = 400) -> float:
     x = torch.randn(n, n_in, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * 2
     jac = torch.func.vmap(torch.func.jacrev(lambda v: module(v[None])[0]))(x)
@@ -536,3 +558,16 @@ def test_mat_struct_and_matlab_column_cells(tmp_path: Path) -> None:
     assert_same_net(load(tmp_path / "col.mat"), Ws, [None] * 3)
     savemat(tmp_path / "wk.mat", {f"W{k}": W for k, W in enumerate(Ws, 1)})
     assert_same_net(load(tmp_path / "wk.mat", activation="relu"), Ws, [None] * 3)
+
+
+def test_state_dict_order_that_is_ambiguous_is_refused(tmp_path: Path) -> None:
+    """An autoencoder's names sort decoder-first, and that order also fits: refuse rather than guess."""
+    rng = np.random.default_rng(16)
+    sd = OrderedDict([("encoder.0.weight", torch.tensor(rng.standard_normal((8, 4)))),
+                      ("encoder.2.weight", torch.tensor(rng.standard_normal((3, 8)))),
+                      ("decoder.0.weight", torch.tensor(rng.standard_normal((8, 3)))),
+                      ("decoder.2.weight", torch.tensor(rng.standard_normal((4, 8))))])
+    torch.save(sd, tmp_path / "ae.pt")
+    with pytest.raises(InputError, match=r"ambiguous layer order: the names sort as \[decoder\.0, decoder\.2, "
+                                         r"encoder\.0, encoder\.2\] but the file stores \[encoder\.0"):
+        load(tmp_path / "ae.pt", activation="relu")
