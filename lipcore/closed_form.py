@@ -23,8 +23,7 @@ from .variants import Context
 SN_GRID = (0.7, 1.0, 1.2, 1.35, 1.5, 1.65)
 GC_GRID = (0.8, 1.0, 1.3, 1.5, 1.7, 1.85, 1.95, 1.99)
 SHIFT_GRID = (1.1, 1.3, 1.5, 1.7, 2.0, 2.5)
-GREEDY_CANDIDATES = (("sn", 1.0), ("sn", 1.5), ("gc", 1.0), ("gc", 1.7), ("gc", 1.95), ("shift", 1.5),
-                     ("shift", 2.0))
+GREEDY_CANDIDATES = ("sn:1.0", "sn:1.5", "gc:1.7", "shift:1.5:weyl", "shift:2.0:weyl")
 
 
 def _memo(ctx: Context) -> dict[str, Trajectory]:
@@ -117,8 +116,8 @@ def sh_shift(net: MLP, ctx: Context) -> tuple[float, dict[str, Any]]:
 def _parse_candidates(spec: Any) -> list[Rule]:
     rules = []
     for item in spec:
-        kind, c = (item.split(":") if isinstance(item, str) else item)
-        rules.append(Rule(str(kind), float(c)))
+        parts = item.split(":") if isinstance(item, str) else list(item)
+        rules.append(Rule(str(parts[0]), float(parts[1]), *(str(x) for x in parts[2:3])))
     return rules
 
 

@@ -142,6 +142,27 @@ def checked_cholesky(a: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Te
     return shifted, r / s[:, None]
 
 
+def form_m(lam: torch.Tensor, g: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Certified M = 2Λ − ΛΓ̂Λ, built directly in Jacobi-scaled form: returns (C − τI, D, chol of the shifted M).
+
+    C = D M D with D = diag(M)^{-1/2} has unit diagonal; chol(C − τI) succeeding certifies M ≻ 0 (see
+    `checked_cholesky`), and D^{-1}(C − τI)D^{-1} = M − τ·diag(M) ⪯ M is what the recursion continues with.
+    """
+    n = g.shape[0]
+    diag_m = 2 * lam - lam * lam * torch.diagonal(g)
+    if not bool(torch.all(diag_m > 0)) or not bool(torch.isfinite(diag_m).all()):
+        raise CertificationError(f"{what} is not positive definite (non-positive diagonal)")
+    dd = torch.rsqrt(diag_m)
+    v = lam * dd
+    c = torch.outer(-v, v).mul_(g)
+    t = tau(n)
+    c.diagonal().fill_(1.0 - t)
+    r, info = torch.linalg.cholesky_ex(c)
+    if int(info) != 0:
+        raise CertificationError(f"{what} is not positive definite with relative margin {t:.1e}")
+    return c, dd, r.div_(dd[:, None])
+
+
 # ---------------------------------------------------------------------------------------------------- rules
 class LayerCache:
     """Spectral quantities of one layer's normalised Γ̂, computed once and shared by every candidate rule."""
@@ -178,7 +199,8 @@ class Rule:
     """A closed-form diagonal multiplier rule Λ = rule(Γ̂), homogeneous of degree −1 (MATH §4).
 
     kind: "sn" (Λ = c/λ_max(Γ̂)·I, 0<c<2), "gc" (Λ_ii = c/Σ_j|Γ̂_ij|, 0<c<2),
-    "shift" (Λ_ii = 1/(Γ̂_ii/2 + c·s), s = ‖offdiag(Γ̂)/2‖₂ ("norm") or λ_max(offdiag(Γ̂)/2) ("eig"), c>1).
+    "shift" (Λ_ii = 1/(Γ̂_ii/2 + c·s), s = ‖offdiag(Γ̂)/2‖₂ ("norm"), λ_max(offdiag(Γ̂)/2) ("eig") or its
+    Weyl upper bound (λ_max(Γ̂) − min_i Γ̂_ii)/2 ("weyl"); any s ≥ λ_max(offdiag/2) with c > 1 is admissible).
     """
 
     kind: str
@@ -207,10 +229,13 @@ class Rule:
             r = torch.clamp(r, min=1e-12 * float(r.max()) + 1e-300)
             lam = self.c / r
             return lam, float((1 - self.c / 2) * r.min() / r.max())
-        lo, hi = cache.off_extremes
-        s = max(-lo, hi) if self.variant == "norm" else hi
-        s = max(s, 1e-9)  # Γ̂ (nearly) diagonal: keep a strictly positive shift
         diag = torch.diagonal(g)
+        if self.variant == "weyl":  # Weyl: λ_max(offdiag/2) ≤ (λ_max(Γ̂) − min_i Γ̂_ii)/2, no extra eigen-solve
+            s = 0.5 * (cache.lmax - float(diag.min()))
+        else:
+            lo, hi = cache.off_extremes
+            s = max(-lo, hi) if self.variant == "norm" else hi
+        s = max(s, 1e-4)  # Γ̂ (nearly) diagonal: keep a margin the certificate can still see after rounding
         inv = 0.5 * diag + self.c * s
         return 1.0 / inv, float(2 * (self.c - 1) * s / (2 * float(inv.max())))
 
@@ -272,8 +297,9 @@ class Recursion:
         self.keep_p = keep_p
         self.check = check or (lambda: None)
         n0 = self.W[0].shape[1]
-        self.M = torch.eye(n0, dtype=torch.float64, device=self.device)
-        self.R = self.M.clone()
+        self.C = torch.eye(n0, dtype=torch.float64, device=self.device)  # Jacobi-scaled M̄ (unit diagonal)
+        self.D = torch.ones(n0, dtype=torch.float64, device=self.device)  # diag(M̄)^{-1/2}
+        self.R = self.C.clone()  # chol(M̄)
         self.log_mu = 0.0
         self.k = 0  # layers done
         self.traj = Trajectory(value=float("nan"), log_value=float("nan"))
@@ -282,24 +308,36 @@ class Recursion:
     def mode(self, k: int) -> str:
         return "drop" if self.slopes[k].p >= 0 else "schur"
 
-    def gram(self, k: int, coef: float, R: torch.Tensor | None = None) -> torch.Tensor:
-        """coef · W_k X^{-1} W_k^T from the Cholesky factor R of X (defaults to the current M)."""
+    def gram(self, k: int, coef: float, R: torch.Tensor | None = None, normalise: bool = False
+             ) -> tuple[torch.Tensor, float]:
+        """(coef · W_k X^{-1} W_k^T [/ its max diagonal if normalise], the divisor) from chol(X) = R.
+
+        Only the lower triangle is trusted downstream (cholesky_ex and eigvalsh read it), so no symmetrisation.
+        """
         y = torch.linalg.solve_triangular(self.R if R is None else R, self.W[k].T, upper=False)
-        return sym(coef * (y.T @ y))
+        div = 1.0
+        if normalise:
+            div = coef * float((y * y).sum(dim=0).max())
+            if not (div > 0 and math.isfinite(div)):
+                raise CertificationError(f"layer {k + 1}: degenerate Gram matrix (max diagonal {div})")
+        y.mul_(math.sqrt(coef / div))
+        return y.T @ y, div
 
     def layer_gram(self) -> tuple[torch.Tensor, float]:
-        """The normalised Γ̂_k the rules see and its normalisation d (max diagonal)."""
+        """The normalised Γ̂_k the rules see (max diagonal 1) and its normalisation d."""
         k = self.k
         s = self.slopes[k]
         coef = (s.alpha + s.beta) ** 2 if self.mode(k) == "drop" else (s.beta - s.alpha) ** 2
-        g = self.gram(k, coef)
-        d = float(torch.diagonal(g).max())
-        if not (d > 0 and math.isfinite(d)):
-            raise CertificationError(f"layer {k + 1}: degenerate Gram matrix (max diagonal {d})")
-        return g / d, d
+        return self.gram(k, coef, normalise=True)
+
+    @property
+    def M(self) -> torch.Tensor:
+        """The current (shifted) M̄_{k-1} = D^{-1} C D^{-1}, formed only when the p-term needs it."""
+        inv = 1.0 / self.D
+        return self.C * torch.outer(inv, inv)
 
     def finish(self, lam: torch.Tensor, g: torch.Tensor, d: float, keep_p: bool | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """M̄_k (shifted, certified) and its Cholesky factor for multipliers λ̄ (normalised units)."""
         k = self.k
         s = self.slopes[k]
@@ -312,17 +350,16 @@ class Recursion:
             w = self.W[k]
             smat = sym(self.M + (2 * s.p / d) * (w.T * lam[None, :]) @ w)
             _, rs = checked_cholesky(smat, f"S_{k} (layer {k + 1})")
-            gs = self.gram(k, 4 * s.m ** 2 / d, R=rs)
+            gs, _ = self.gram(k, 4 * s.m ** 2 / d, R=rs)
         elif self.mode(k) == "drop":
             gs = g
         else:
             raise CertificationError(f"layer {k + 1}: αβ < 0 requires the p-term")
-        m = sym(2 * torch.diag(lam) - lam[:, None] * gs * lam[None, :])
-        return checked_cholesky(m, f"M_{k + 1} (layer {k + 1})")
+        return form_m(lam, gs, f"M_{k + 1} (layer {k + 1})")
 
-    def commit(self, lam: torch.Tensor, d: float, mr: tuple[torch.Tensor, torch.Tensor], margin: float,
-               choice: str) -> None:
-        self.M, self.R = mr
+    def commit(self, lam: torch.Tensor, d: float, mr: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+               margin: float, choice: str) -> None:
+        self.C, self.D, self.R = mr
         log_lam = torch.log(lam).cpu().numpy() + self.log_mu - math.log(d)
         self.log_mu -= math.log(d)
         self.traj.log_lambdas.append(log_lam)
@@ -436,11 +473,12 @@ def certify(net: MLP, lambdas: list[np.ndarray]) -> float:
 
 
 def run_greedy(net: MLP, candidates: Sequence[Rule], *, device: torch.device | str = "cpu", keep_p: bool = True,
-               check: Callable[[], None] | None = None, power_iters: int = 12) -> Trajectory:
+               check: Callable[[], None] | None = None, power_iters: int = 6) -> Trajectory:
     """Per-layer greedy mixing (MATH §5): keep the candidate minimising the look-ahead λ_max(W_{k+1}M_k^{-1}W_{k+1}ᵀ).
 
-    Candidates are compared with p dropped (p ≥ 0) and a block power estimate of the look-ahead; only the chosen
-    one is finished with the p-term and certified, so the returned value is certify() of the chosen sequence.
+    Candidates are compared with p dropped (p ≥ 0) by a Rayleigh–Ritz estimate of the look-ahead on one shared probe
+    block (exact at the output layer); only the chosen one is finished with the p-term, and every committed M_k
+    passed its Cholesky check, so the returned value is what certify() gives for the chosen sequence.
     """
     if _zero_layer(net):
         return _zero_traj(net)
@@ -453,8 +491,8 @@ def run_greedy(net: MLP, candidates: Sequence[Rule], *, device: torch.device | s
         g, d = rec.layer_gram()
         cache = LayerCache(g)
         w_next = rec.W[k + 1]
-        n_out = w_next.shape[0]
-        probe = torch.randn(n_out, min(4, n_out), generator=gen, dtype=torch.float64).to(rec.device)
+        exact = k + 1 == rec.hidden or w_next.shape[0] <= 8
+        block: torch.Tensor | None = None
         best: tuple[float, Rule, torch.Tensor, float, Any] | None = None
         plain_p = rec.slopes[k].p == 0 or rec.mode(k) == "schur" or not keep_p
         for r in candidates:
@@ -463,7 +501,12 @@ def run_greedy(net: MLP, candidates: Sequence[Rule], *, device: torch.device | s
                 mr = rec.finish(lam, g, d, keep_p=False if rec.slopes[k].p > 0 else None)
             except CertificationError:
                 continue
-            score = _lookahead(mr[1], w_next, probe, power_iters, exact=(k + 1 == rec.hidden))
+            if exact:
+                score = _lookahead_exact(mr[2], w_next)
+            else:
+                if block is None:  # probe block: a few power steps with the first certified candidate
+                    block = _power_block(mr[2], w_next, power_iters, gen)
+                score = _rayleigh_ritz(mr[2], w_next, block)
             if best is None or score < best[0]:
                 best = (score, r, lam, margin, mr)
         if best is None:
@@ -475,23 +518,28 @@ def run_greedy(net: MLP, candidates: Sequence[Rule], *, device: torch.device | s
     return rec.final()
 
 
-def _lookahead(r: torch.Tensor, w: torch.Tensor, probe: torch.Tensor, iters: int, exact: bool) -> float:
-    """λ_max(W M^{-1} W^T) given chol(M) = r: exact for the output layer, block power otherwise (a comparison only)."""
-    if exact or w.shape[0] <= 8:
-        y = torch.linalg.solve_triangular(r, w.T, upper=False)
-        small = y.T @ y
-        return float(torch.linalg.eigvalsh(sym(small))[-1])
-    v = probe
-    est = 0.0
-    for _ in range(iters):
-        u = torch.linalg.solve_triangular(r, w.T @ v, upper=False)
-        u = torch.linalg.solve_triangular(r.T, u, upper=True)
-        z = w @ u
-        est = float(torch.linalg.vector_norm(z, dim=0).max() / torch.linalg.vector_norm(v, dim=0).max())
-        v, _ = torch.linalg.qr(z)
-    # Rayleigh–Ritz on the final block for a sharper comparison value
+def _lookahead_exact(r: torch.Tensor, w: torch.Tensor) -> float:
+    y = torch.linalg.solve_triangular(r, w.T, upper=False)
+    return float(torch.linalg.eigvalsh(y.T @ y)[-1])
+
+
+def _apply(r: torch.Tensor, w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """W M^{-1} Wᵀ v with chol(M) = r."""
     u = torch.linalg.solve_triangular(r, w.T @ v, upper=False)
-    return max(est, float(torch.linalg.eigvalsh(sym(u.T @ u))[-1]))
+    return w @ torch.linalg.solve_triangular(r.T, u, upper=True)
+
+
+def _power_block(r: torch.Tensor, w: torch.Tensor, iters: int, gen: torch.Generator, size: int = 4) -> torch.Tensor:
+    v = torch.randn(w.shape[0], min(size, w.shape[0]), generator=gen, dtype=torch.float64).to(r.device)
+    for _ in range(iters):
+        v, _ = torch.linalg.qr(_apply(r, w, v))
+    return v
+
+
+def _rayleigh_ritz(r: torch.Tensor, w: torch.Tensor, v: torch.Tensor) -> float:
+    """max Ritz value of W M^{-1} Wᵀ on the orthonormal block v (an estimate used only to compare candidates)."""
+    u = torch.linalg.solve_triangular(r, w.T @ v, upper=False)
+    return float(torch.linalg.eigvalsh(u.T @ u)[-1])
 
 
 def naive_value(net: MLP, device: torch.device | str = "cpu") -> tuple[float, float]:
