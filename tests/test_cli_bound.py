@@ -53,9 +53,11 @@ def test_json_naive_is_the_product_of_spectral_norms(capsys, net_file) -> None:
 
 def test_json_slope_scales_naive(capsys, net_file) -> None:
     path, Ws = net_file
-    rc, out, _ = run_cli(capsys, "bound", path, "--variant", "naive", "--slope=-0.5,1.5", "--json")
-    assert rc == 0
-    assert json.loads(out)["results"]["naive"]["value"] == pytest.approx(spectral_product(Ws) * 1.5 ** 2, rel=1e-12)
+    for slope in (["--slope=-0.5,1.5"], ["--slope", "-0.5,1.5"], ["--slope", "-5e-1, 1.5"]):
+        rc, out, err = run_cli(capsys, "bound", path, "--variant", "naive", *slope, "--json")
+        assert rc == 0, err
+        value = json.loads(out)["results"]["naive"]["value"]
+        assert value == pytest.approx(spectral_product(Ws) * 1.5 ** 2, rel=1e-12)
 
 
 def test_json_several_variants_real_values(capsys, net_file) -> None:
@@ -140,7 +142,7 @@ def test_help_teaches(capsys) -> None:
         assert vid in out and spec.description[:30] in out
     for name in SUPPORTED:
         assert name in out
-    assert "examples:" in out and "--slope=-0.1,1.1" in out and ".mat" in out
+    assert "examples:" in out and "--slope -0.1,1.1" in out and ".mat" in out
 
 
 # -- bad input: exit 2, one line on stderr naming the file and the problem, no traceback -------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import warnings
 from typing import Any
@@ -34,11 +35,11 @@ def _epilog() -> str:
 variants (--variant ID, repeatable or comma-separated; also 'upper', 'lower', 'all'; default: all):
 {_variants_help()}
 
-activations (--activation NAME; a weight file does not record it):
+activations (--activation NAME; needed unless the file names it: an 'activation' entry in .npz/.mat/.pt,
+or "activation" in the safetensors metadata):
   {', '.join(SUPPORTED)}
   parameters after a colon: leaky_relu:0.1, elu:1.0; one per hidden layer: tanh,tanh,relu
-  --slope A,B instead bounds every activation whose slope lies in [A, B] (write --slope=-0.1,1.1
-  when A is negative)
+  --slope A,B instead bounds every activation whose slope lies in [A, B], e.g. --slope -0.1,1.1
 
 weight files:
   .npz          arrays W1..WL (out x in) and optional b1..bL; or a 'weights' array of matrices
@@ -55,8 +56,8 @@ exit codes: 0 when it ran (even if a variant was refused or failed), 2 for bad i
 examples:
   lipzoo bound weights.npz --activation relu
   lipzoo bound lyr10n20.mat --activation relu --variant naive --variant eclipse-fast --variant lower-ascent
-  lipzoo bound mlp.safetensors --slope=-0.1,1.1 --variant upper --json
-  lipzoo bound model.pt --activation tanh --budget 60 --option optimized.steps=200
+  lipzoo bound mlp.safetensors --slope -0.1,1.1 --variant upper --json
+  lipzoo bound model.pt --activation tanh --budget 60 --option 'sh-gershgorin.c_grid=[1.0,1.9]'
 """
 
 
@@ -64,7 +65,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "bound",
         help="certified Lipschitz bounds of one MLP weight file (npz, mat, safetensors, pt)",
-        description="Compute certified l2 Lipschitz upper bounds (and measured lower bounds) of one MLP "
+        description="Compute certified l2 Lipschitz upper bounds (and measured lower bounds) of one MLP\n"
                     "given as a weight file, with every requested bound variant.",
         epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -82,8 +83,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--budget", type=float, metavar="SECONDS", default=None,
                    help="time budget for the whole model; variants past it report 'failed'")
     p.add_argument("--option", "-o", action="append", metavar="VARIANT.KEY=VALUE", default=[],
-                   help="a variant option, e.g. optimized.steps=200 (VALUE is read as JSON when it parses)")
+                   help="a variant option, e.g. 'sh-spectral.c_grid=[1.0,1.5]' (VALUE is read as JSON when "
+                        "it parses)")
     p.add_argument("--seed", type=int, default=0, help="random seed for the lower bounds and optimizers")
+    # let `--slope -0.1,1.1` through: argparse would read the negative pair as an unknown option
+    p._negative_number_matcher = re.compile(r"^-\d*\.?\d+(e[-+]?\d+)?(,\s*-?\d*\.?\d+(e[-+]?\d+)?)?$", re.I)
     p.set_defaults(func=run)
 
 
@@ -116,7 +120,7 @@ def _parse_options(raw: list[str]) -> dict[str, dict[str, Any]]:
         key, eq, value = item.partition("=")
         variant, dot, name = key.partition(".")
         if not (eq and dot and variant and name):
-            raise CliError(f"bad --option '{item}': expected VARIANT.KEY=VALUE, e.g. optimized.steps=200")
+            raise CliError(f"bad --option '{item}': expected VARIANT.KEY=VALUE, e.g. sh-spectral.c_grid=[1.0]")
         try:
             parsed: Any = json.loads(value)
         except ValueError:
