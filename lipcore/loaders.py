@@ -756,7 +756,15 @@ def _resolve_activations(src: str, n_hidden: int, activation: Any, slope: Any, s
 
 
 def _mlp_from_ops(src: str, name: str, ops: list[_Op], activation: Any, slope: Any, stored: str | None) -> MLP:
-    lins, slots = _assemble(src, ops)
+    try:
+        lins, slots = _assemble(src, ops)
+    except InputError as e:
+        ws = [op.W for op in ops if isinstance(op, _Lin)]
+        fits_transposed = all(a.shape[1] == b.shape[0] for a, b in zip(ws, ws[1:], strict=False))
+        if e.problem.startswith("shape mismatch") and fits_transposed:
+            raise InputError(src, f"{e.problem} (the matrices look stored as in x out; lipzoo expects out x in "
+                                  "as torch.nn.Linear stores them: transpose them)") from None
+        raise
     acts = _resolve_activations(src, len(slots), activation, slope, stored)
     return _build(src, name, lins, acts)
 

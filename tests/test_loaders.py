@@ -493,6 +493,13 @@ def test_shape_mismatch(tmp_path: Path, fmt: str) -> None:
     assert "expects 4" in str(ei.value)
 
 
+def test_transposed_weights_get_a_hint(tmp_path: Path) -> None:
+    Ws, _ = random_weights(17)
+    p = write_weights(tmp_path, "npz", [W.T for W in Ws])
+    with pytest.raises(InputError, match=r"shape mismatch: .*look stored as in x out.*transpose them"):
+        load(p, activation="relu")
+
+
 def test_activation_problems(tmp_path: Path) -> None:
     Ws, bs = random_weights(13)
     p = write_weights(tmp_path, "npz", Ws, bs)
