@@ -1,0 +1,84 @@
+"""`optimized`: certified, never worse than the closed forms, close to LipSDP-Neuron / the true constant."""
+
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from lipcore import MLP, analyze, get_activation
+from lipcore.benchnets import eclipse_net, eclipse_weights
+from lipcore.closed_form import sh_combined
+from lipcore.optimize import _Forward, optimized
+from lipcore.recursion import certify_log
+from lipcore.variants import Context
+
+
+def test_close_to_lipsdp_neuron_2x20():
+    net = eclipse_net(2, 20)
+    ctx = Context()
+    vc, _ = sh_combined(net, ctx)
+    v, params = optimized(net, ctx)
+    assert params["certified"] is True
+    assert v <= vc
+    # LipSDP-Neuron (certified Clarabel solution, MATH §9) is the infimum over all multipliers
+    assert 0.383981 * (1 - 1e-6) <= v <= 0.383981 * 1.002
+
+
+def test_legacy_net_reaches_true_constant():
+    net = eclipse_net(5, 20, legacy=True)
+    prod = net.weights[0]
+    for w in net.weights[1:]:
+        prod = w @ prod
+    true = np.linalg.norm(prod, 2)  # = true Lipschitz constant on non-negative ReLU nets (MATH §8)
+    v, params = optimized(net, Context())
+    assert true * (1 - 1e-12) <= v <= true * 1.001, params
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_every_parameter_point_is_admissible(seed):
+    """The (c, U) parameterisation never leaves the feasible set: random points certify, incl. αβ < 0."""
+    gen = torch.Generator().manual_seed(seed)
+    for act in ("relu", "silu", "leaky_relu:0.2"):
+        net = eclipse_net(4, 12, activation=act)
+        fwd = _Forward(net, torch.device("cpu"))
+        a = [torch.randn((), generator=gen, dtype=torch.float64) * 2 for _ in range(3)]
+        z = [torch.randn(12, generator=gen, dtype=torch.float64) * 2 for _ in range(3)]
+        with torch.no_grad():
+            loss, logs, cs = fwd(a, z)
+        assert all(0 < c < 2 for c in cs)
+        cert = certify_log(net, logs)
+        assert cert.value == pytest.approx(math.exp(float(loss)), rel=1e-6)
+
+
+@pytest.mark.parametrize("act", ["silu", "leaky_relu:0.1"])
+def test_general_slopes_not_worse_than_closed_forms(act):
+    ws = eclipse_weights(4, 16)
+    net = MLP.from_arrays(ws, get_activation(act))
+    rep = analyze(net, variants=["naive", "eclipse-fast", "sh-combined", "optimized"],
+                  options={"optimized": {"steps": 300}})
+    vals = {k: r.value for k, r in rep.results.items()}
+    assert all(r.status == "ok" for r in rep.results.values()), rep.results
+    assert vals["optimized"] <= vals["sh-combined"] <= min(vals["eclipse-fast"], vals["naive"])
+    x = torch.randn(300, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    f = net.torch_callable()
+    jac = torch.vmap(torch.func.jacrev(lambda v: f(v[None])[0]))(x)
+    assert vals["optimized"] >= float(torch.linalg.matrix_norm(jac, ord=2).max())
+
+
+def test_deadline_returns_certified_warm_start_or_better():
+    net = eclipse_net(10, 20)
+    ctx = Context(deadline=time.monotonic() + 2.5)
+    vc, _ = sh_combined(net, ctx)
+    v, params = optimized(net, ctx)
+    assert v <= vc and params["steps"] < 1500
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("layers", "width", "lipsdp"), [
+    (5, 20, 0.568873), (10, 20, 0.0276408), (20, 20, 0.000472701), (30, 20, 0.00087189), (2, 40, 0.206466),
+    (5, 40, 0.017804), (3, 60, 0.174029)])
+def test_close_to_lipsdp_neuron_reference(layers, width, lipsdp):
+    v, _ = optimized(eclipse_net(layers, width), Context())
+    assert lipsdp * (1 - 1e-5) <= v <= lipsdp * 1.06
