@@ -245,3 +245,59 @@ def test_progress_line_rewrites_itself(capsys) -> None:
     quiet = _Progress(["naive"], enabled=False)
     quiet("naive", BoundResult("naive", "upper", "ok", 1.0, 0.25))
     assert capsys.readouterr().err == ""
+
+
+def _arch_file(tmp_path: Path, layers: list, module: nn.Module, stem: str, shape: list[int]) -> Path:
+    from safetensors.torch import save_file
+
+    meta = {"lipzoo.arch": json.dumps({"kind": "sequential", "layers": layers}),
+            "lipzoo.input_shape": json.dumps(shape)}
+    p = tmp_path / f"{stem}.safetensors"
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(p), metadata=meta)
+    return p
+
+
+def test_safetensors_with_architecture_metadata_is_rebuilt(capsys, tmp_path: Path) -> None:
+    pytest.importorskip("flows.hubs.archs")
+    torch.manual_seed(5)
+    mlp = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 2))
+    p = _arch_file(tmp_path, [["linear", {"in_features": 5, "out_features": 7}], ["tanh", {}],
+                              ["linear", {"in_features": 7, "out_features": 2}]], mlp, "mlp_arch", [5])
+    rc, out, err = run_cli(capsys, "bound", p, "-v", "naive", "--json")  # no --activation: the arch names it
+    assert rc == 0, err
+    doc = json.loads(out)
+    want = spectral_product([mlp[0].weight.detach().double().numpy(), mlp[2].weight.detach().double().numpy()])
+    assert doc["model"] == "mlp_arch.safetensors"
+    assert doc["results"]["naive"]["value"] == pytest.approx(want, rel=1e-6)
+
+
+def test_safetensors_cnn_reaches_the_graph_engine_or_says_why(capsys, tmp_path: Path) -> None:
+    pytest.importorskip("flows.hubs.archs")
+    torch.manual_seed(6)
+    cnn = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(48, 2))
+    p = _arch_file(tmp_path, [["conv2d", {"in_channels": 1, "out_channels": 3, "kernel_size": 3, "padding": 1}],
+                              ["relu", {}], ["flatten", {}], ["linear", {"in_features": 48, "out_features": 2}]],
+                   cnn, "cnn_arch", [1, 4, 4])
+    rc, out, err = run_cli(capsys, "bound", p, "-v", "naive", "--json")
+    try:
+        import lipcore.graph  # noqa: F401
+    except ImportError:
+        assert rc == 2 and err.splitlines() == ["lipzoo: error: cnn_arch.safetensors: unsupported layer Conv2d at '0'"]
+        return
+    assert rc == 0, err
+    naive = json.loads(out)["results"]["naive"]
+    assert naive["status"] == "ok"
+    # a sound bound is at least the largest Jacobian norm we can find by sampling
+    x = torch.randn(200, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    jac = torch.func.vmap(torch.func.jacrev(lambda v: cnn(v[None])[0]))(x).reshape(200, 2, 16)
+    assert naive["value"] >= torch.linalg.matrix_norm(jac, ord=2).max().item() * (1 - 1e-6)
+
+
+def test_safetensors_with_a_broken_architecture_is_one_line(capsys, tmp_path: Path) -> None:
+    pytest.importorskip("flows.hubs.archs")
+    mlp = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 2))
+    p = _arch_file(tmp_path, [["linear", {"in_features": 5, "out_features": 3}], ["tanh", {}],
+                              ["linear", {"in_features": 3, "out_features": 2}]], mlp, "wrong_arch", [5])
+    rc, out, err = run_cli(capsys, "bound", p, "-v", "naive")
+    assert rc == 2 and out == ""
+    assert len(err.splitlines()) == 1 and "wrong_arch.safetensors" in err and "do not match" in err

@@ -183,6 +183,14 @@ def _summary_line(report: Any) -> str:
         slopes = ", ".join(f"[{a:g}, {b:g}]" for a, b in s.get("slopes", []))
         return (f"{report.model}: MLP, {s.get('layers')} layers, widths {w}, activation {acts} (slopes {slopes}), "
                 f"{s.get('params')} parameters, device {report.device}")
+    if s.get("kind") == "graph":
+        nodes = ", ".join(f"{n} {op}" for op, n in (s.get("nodes") or {}).items())
+        shape = "x".join(map(str, s.get("input_shape") or [])) or "?"
+        line = (f"{report.model}: traced graph, input {shape}, {nodes}, {s.get('params')} parameters, "
+                f"device {report.device}")
+        if s.get("unsupported"):
+            line += f"; {len(s['unsupported'])} unsupported node(s), e.g. {s['unsupported'][0].get('op')}"
+        return line
     return f"{report.model}: {s.get('kind', 'model')}, device {report.device}"
 
 
@@ -220,6 +228,37 @@ def _print_table(report: Any) -> None:
         console.print(escape(n), soft_wrap=True)
 
 
+def _target(path: str) -> tuple[Any, tuple[int, ...] | None]:
+    """A safetensors file whose metadata names its architecture (lipzoo.arch / timm.arch, as the demo zoo's CNNs
+    do) becomes that module, so convolutional models reach the graph engine; anything else stays a path."""
+    from pathlib import Path
+
+    if Path(path).suffix.lower() != ".safetensors":
+        return path, None
+    try:
+        from safetensors import safe_open
+
+        from flows.hubs import archs
+    except ImportError:
+        return path, None
+    try:
+        with safe_open(str(Path(path).expanduser()), framework="pt") as f:
+            meta = f.metadata() or {}
+            if archs.ARCH_KEY not in meta and archs.TIMM_ARCH_KEY not in meta:
+                return path, None
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    except Exception:  # unreadable: lipcore's loader reports it in its own words
+        return path, None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = archs.module_from_state(meta, state, path)
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CliError(msg if msg.startswith(path) else f"{path}: {msg}") from None
+    return module, archs.input_shape_from(meta)
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -234,14 +273,15 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.path).expanduser().exists():
         raise CliError(f"{args.path}: file not found")
     ids = _validate_variants(variants)
+    target, input_shape = _target(args.path)
     if not os.environ.get("LIPZOO_DEBUG"):  # library deprecation notices (torch.func's jit use) are noise here
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
     progress = _Progress(ids, enabled=sys.stderr.isatty() and not args.json)
     try:
-        report = lipcore.analyze(args.path, variants=ids, device=args.device, activation=args.activation,
+        report = lipcore.analyze(target, variants=ids, device=args.device, activation=args.activation,
                                  slope=slope, budget_s=args.budget, options=options, seed=args.seed,
-                                 progress=progress)
+                                 progress=progress, input_shape=input_shape, name=Path(args.path).name)
     finally:
         progress.close()
     if args.json:
