@@ -245,6 +245,16 @@ def _sequential_ops(src: str, seq: nn.Sequential, prefix: str = "") -> list[_Op]
     return ops
 
 
+def _precheck_leaves(src: str, module: nn.Module) -> None:
+    """Name the first torch.nn layer no MLP can hold (a Conv2d in a ResNet) before paying for an fx trace."""
+    for where, m in module.named_modules():
+        if next(m.children(), None) is not None or not type(m).__module__.startswith("torch.nn"):
+            continue
+        if isinstance(m, nn.Linear | nn.BatchNorm1d | nn.PReLU) or _is_identity(m) or from_module(m) is not None:
+            continue
+        raise NotAnMLP(src, f"unsupported layer {type(m).__name__} at '{where}'")
+
+
 def _fn_name(target: Any) -> str:
     return getattr(target, "__name__", None) or str(target)
 
@@ -351,6 +361,7 @@ def mlp_from_module(module: nn.Module, name: str | None = None,
     src = name or type(module).__name__
     ops = _sequential_ops(src, module) if _plain_sequential(module) else None
     if ops is None:
+        _precheck_leaves(src, module)
         ops = _fx_ops(src, module)
     lins, acts = _assemble(src, ops)
     mlp = _build(src, src, lins, [a.act for a in acts])  # type: ignore[misc]
