@@ -301,3 +301,26 @@ def test_safetensors_with_a_broken_architecture_is_one_line(capsys, tmp_path: Pa
     rc, out, err = run_cli(capsys, "bound", p, "-v", "naive")
     assert rc == 2 and out == ""
     assert len(err.splitlines()) == 1 and "wrong_arch.safetensors" in err and "do not match" in err
+
+
+def test_eclipse_benchmark_mat_file_matches_the_eclipse_package(capsys, tmp_path: Path) -> None:
+    """lyr10n20.mat written exactly as ECLipsE's generate_random_weights.py does, bounded through the CLI."""
+    pytest.importorskip("lipcore.closed_form")
+    from eclipse_nn.eclipsE_fast import ECLipsE_Fast
+    from scipy.io import savemat
+
+    from lipcore.benchnets import eclipse_weights
+
+    Ws = eclipse_weights(10, 20)
+    cells = np.empty((1, len(Ws)), dtype=object)
+    for k, W in enumerate(Ws):
+        cells[0, k] = W
+    savemat(tmp_path / "lyr10n20.mat", {"weights": cells})
+    rc, out, err = run_cli(capsys, "bound", tmp_path / "lyr10n20.mat", "-a", "relu", "-v", "naive,eclipse-fast",
+                           "--json")
+    assert rc == 0, err
+    res = json.loads(out)["results"]
+    ref = float(ECLipsE_Fast([torch.tensor(W) for W in Ws], [0.0] * 9, [1.0] * 9))
+    assert res["eclipse-fast"]["value"] == pytest.approx(ref, rel=1e-9)
+    assert res["naive"]["value"] == pytest.approx(spectral_product(Ws), rel=1e-12)
+    assert res["eclipse-fast"]["value"] < res["naive"]["value"]
