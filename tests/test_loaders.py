@@ -63,6 +63,12 @@ def write_weights(tmp: Path, fmt: str, Ws: list[np.ndarray], bs: list[np.ndarray
         p = tmp / f"{stem}.npz"
         seq = [x for W, b in zip(Ws, bs, strict=True) for x in (W, b) if x is not None]
         np.savez(p, *seq)
+    elif fmt == "npy":  # one object array of matrices (no biases)
+        p = tmp / f"{stem}.npy"
+        w = np.empty(len(Ws), dtype=object)
+        for k, W in enumerate(Ws):
+            w[k] = W
+        np.save(p, w)
     elif fmt == "mat":  # ECLipsE: a (1, L) cell array `weights`, optional `biases` (see its generate scripts)
         p = tmp / f"{stem}.mat"
         cells = np.empty((1, len(Ws)), dtype=object)
@@ -117,6 +123,11 @@ def test_every_format_round_trips_to_the_same_mlp(tmp_path: Path, fmt: str) -> N
     assert [a.name for a in mlp.activations] == ["tanh"] * 2
     assert mlp.name == p.name
     assert mlp.widths == WIDTHS
+
+
+def test_npy_object_array(tmp_path: Path) -> None:
+    Ws, _ = random_weights(18)
+    assert_same_net(load(write_weights(tmp_path, "npy", Ws), activation="relu"), Ws, [None] * 3)
 
 
 @pytest.mark.parametrize("fmt", ["npz", "mat", "safetensors", "pt"])
@@ -384,6 +395,7 @@ class Branchy(nn.Module):
     (Residual(), "combines several tensors"),
     (Branchy(), "torch.fx cannot trace Branchy"),
     (nn.Sequential(nn.ReLU()), "no Linear layer"),
+    (nn.Sequential(nn.Linear(4, 3), nn.Softmax(dim=1)), "unsupported layer Softmax at '1'"),
 ])
 def test_not_an_mlp_names_the_layer(module: nn.Module, needle: str) -> None:
     with pytest.raises(NotAnMLP) as ei:
@@ -441,10 +453,7 @@ def test_conv_state_dict_is_refused(tmp_path: Path, fmt: str) -> None:
 
 
 # -- the bad-input matrix ----------------------------------------------------------------------------------------
-ALL_SUFFIX = {"npz": "npz", "mat": "mat", "safetensors": "safetensors", "pt": "pt"}
-
-
-@pytest.mark.parametrize("fmt", list(ALL_SUFFIX))
+@pytest.mark.parametrize("fmt", ["npz", "npz-object", "npy", "mat", "safetensors", "pt", "pth"])
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
 def test_corrupt_files(tmp_path: Path, fmt: str, damage: str) -> None:
     Ws, bs = random_weights(9, [4, 30, 30, 2])
