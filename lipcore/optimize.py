@@ -48,8 +48,8 @@ class _Forward:
         for k, (al, be) in enumerate(self.acts):
             w = self.W[k]
             r = torch.linalg.cholesky(m)
-            y = torch.linalg.solve_triangular(r, w.T, upper=False)
-            g = self.coef(k) * (y.T @ y)
+            g = self.coef(k) * (w @ torch.cholesky_solve(w.T, r))
+            g = 0.5 * (g + g.T)
             d = float(torch.diagonal(g).max().detach())
             g = g / d
             h = torch.exp(0.5 * z[k])
@@ -68,9 +68,9 @@ class _Forward:
             p, mm = al * be, 0.5 * (al + be)
             if p != 0 or self.coef(k) != 4 * mm * mm:
                 s = m + (2 * p / d) * (w.T * lam[None, :]) @ w
-                rs = torch.linalg.cholesky(s)
-                ys = torch.linalg.solve_triangular(rs, w.T, upper=False)
-                gs = (4 * mm * mm / d) * (ys.T @ ys)
+                rs = torch.linalg.cholesky(0.5 * (s + s.T))
+                gs = (4 * mm * mm / d) * (w @ torch.cholesky_solve(w.T, rs))
+                gs = 0.5 * (gs + gs.T)
             else:
                 gs = g
             m = 2 * torch.diag(lam) - lam[:, None] * gs * lam[None, :]
@@ -78,8 +78,9 @@ class _Forward:
             log_lams.append(torch.log(lam).detach().cpu().numpy() + log_mu - math.log(d))
             log_mu -= math.log(d)
         r = torch.linalg.cholesky(m)
-        y = torch.linalg.solve_triangular(r, self.W[-1].T, upper=False)
-        top = torch.sum(y * y) if y.shape[1] == 1 else torch.linalg.eigvalsh(y.T @ y)[-1]
+        wl = self.W[-1]
+        out = wl @ torch.cholesky_solve(wl.T, r)
+        top = out[0, 0] if out.shape[0] == 1 else torch.linalg.eigvalsh(0.5 * (out + out.T))[-1]
         return 0.5 * (torch.log(top) - log_mu), log_lams, cs
 
 
@@ -95,11 +96,12 @@ def optimized(net: MLP, ctx: Context) -> tuple[float, dict[str, Any]]:
     warm_name, warm = _warm(net, ctx)
     if net.depth == 1 or warm.value == 0.0:
         return warm.value, {"warm_start": warm_name, "steps": 0}
-    max_steps = int(ctx.opt("optimized", "steps", 1500))
+    max_steps = int(ctx.opt("optimized", "steps", 2000))
     lr = float(ctx.opt("optimized", "lr", 0.05))
-    tol = float(ctx.opt("optimized", "rtol", 1e-5))
-    patience = int(ctx.opt("optimized", "patience", 150))
-    max_seconds = ctx.opt("optimized", "max_seconds", None)
+    tol = float(ctx.opt("optimized", "rtol", 1e-6))  # relative improvement of L̂ that counts as progress
+    patience = int(ctx.opt("optimized", "patience", 40))  # steps without progress before the step size halves
+    max_halvings = int(ctx.opt("optimized", "halvings", 7))
+    max_seconds = ctx.opt("optimized", "max_seconds", 120.0)
 
     fwd = _Forward(net, ctx.device)
     dev = ctx.device
@@ -112,9 +114,8 @@ def optimized(net: MLP, ctx: Context) -> tuple[float, dict[str, Any]]:
     for p_ in params:
         p_.requires_grad_(True)
     opt = torch.optim.Adam(params, lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max_steps, eta_min=lr * 0.02)
 
-    best_loss, best_logs, since, steps, failures = math.inf, None, 0, 0, 0
+    best_loss, best_logs, since, steps, failures, halvings = math.inf, None, 0, 0, 0, 0
     best_params = [p_.detach().clone() for p_ in params]
     for step in range(1, max_steps + 1):
         steps = step
@@ -131,7 +132,7 @@ def optimized(net: MLP, ctx: Context) -> tuple[float, dict[str, Any]]:
             loss.backward()
         except (torch.linalg.LinAlgError, FloatingPointError, RuntimeError):
             failures += 1
-            if failures > 20 or best_logs is None:
+            if failures > 30 or best_logs is None:
                 break
             with torch.no_grad():  # back to the best point, smaller steps
                 for p_, v in zip(params, best_params, strict=True):
@@ -140,17 +141,21 @@ def optimized(net: MLP, ctx: Context) -> tuple[float, dict[str, Any]]:
                 group["lr"] *= 0.5
             continue
         lv = float(loss.detach())
-        if lv < best_loss - tol * max(1.0, abs(best_loss)):
+        if lv < best_loss - tol:  # loss is log L̂: absolute change = relative change of L̂
             since = 0
         else:
             since += 1
         if lv < best_loss:
             best_loss, best_logs = lv, logs
             best_params = [p_.detach().clone() for p_ in params]
-        if since >= patience:
-            break
+        if since >= patience:  # plateau: halve the step size, stop after max_halvings
+            halvings += 1
+            if halvings > max_halvings:
+                break
+            since = 0
+            for group in opt.param_groups:
+                group["lr"] *= 0.5
         opt.step()
-        sched.step()
 
     out: dict[str, Any] = {"warm_start": warm_name, "warm_value": float(f"{warm.value:.9g}"), "steps": steps}
     if best_logs is None:
