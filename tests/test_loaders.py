@@ -276,6 +276,28 @@ def test_fx_traced_module_with_functional_calls() -> None:
         assert (mlp.torch_callable()(x.reshape(32, -1)) - net(x)).abs().max().item() < 1e-10
 
 
+class LoopNet(nn.Module):
+    """The common hand-written MLP: a ModuleList walked in a loop (fx unrolls it)."""
+
+    def __init__(self, widths: list[int]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(widths[:-1], widths[1:], strict=True))
+        self.act = nn.ELU(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers[:-1]:
+            x = self.act(layer(x))
+        return self.layers[-1](x)
+
+
+def test_fx_module_list_loop() -> None:
+    net = LoopNet([3, 8, 8, 8, 2]).double().eval()
+    mlp = mlp_from_module(net)
+    assert mlp.widths == [3, 8, 8, 8, 2] and [a.name for a in mlp.activations] == ["elu(0.5)"] * 3
+    np.testing.assert_array_equal(mlp.weights[2], net.layers[2].weight.detach().numpy())
+    assert_same_function(mlp, net, 3)
+
+
 class LinearFn(nn.Module):
     def __init__(self) -> None:
         super().__init__()
