@@ -23,7 +23,7 @@ from .variants import Context
 SN_GRID = (0.7, 1.0, 1.2, 1.35, 1.5, 1.65)
 GC_GRID = (0.8, 1.0, 1.3, 1.5, 1.7, 1.85, 1.95, 1.99)
 SHIFT_GRID = (1.1, 1.3, 1.5, 1.7, 2.0, 2.5)
-GREEDY_CANDIDATES = ("sn:1.0", "sn:1.5", "gc:1.7", "shift:1.5:weyl", "shift:2.0:weyl")
+GREEDY_CANDIDATES = ("sn:1.0", "sn:1.5", "gc:1.7", "shift:1.5:weyl")
 
 
 def _memo(ctx: Context) -> dict[str, Trajectory]:

@@ -38,50 +38,51 @@ class _Forward:
         return c if c > 0 else (al + be) ** 2  # α = β > 0 (linear): p > 0, the drop form is valid
 
     def __call__(self, a: list[torch.Tensor], z: list[torch.Tensor], target: list[np.ndarray] | None = None
-                 ) -> tuple[torch.Tensor, list[np.ndarray], list[float]]:
-        """(log L̂, true-scale log Λ_k, c_k). With `target` (true log Λ), return the c_k that reproduce it."""
+                 ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, float]], list[float]]:
+        """(log L̂, per layer (λ̄_k detached, log scale), c_k). With `target` (true log Λ): the c_k reproducing it.
+
+        Lean on purpose (this runs thousands of times): only lower triangles are trusted (cholesky and eigvalsh
+        read them), so no symmetrisation; the normalisation d is a detached constant (the value is invariant).
+        """
         n0 = self.W[0].shape[1]
         m = torch.eye(n0, dtype=torch.float64, device=self.device)
         log_mu = 0.0
-        log_lams: list[np.ndarray] = []
+        lams: list[tuple[torch.Tensor, float]] = []
         cs: list[float] = []
         for k, (al, be) in enumerate(self.acts):
             w = self.W[k]
-            r = torch.linalg.cholesky(m)
-            g = self.coef(k) * (w @ torch.cholesky_solve(w.T, r))
-            g = 0.5 * (g + g.T)
-            d = float(torch.diagonal(g).max().detach())
-            g = g / d
+            gg = w @ torch.cholesky_solve(w.T, torch.linalg.cholesky(m))
+            coef = self.coef(k)
+            d = coef * float(torch.diagonal(gg).detach().max())
+            g = gg * (coef / d)
             h = torch.exp(0.5 * z[k])
-            e = torch.linalg.eigvalsh(h[:, None] * g * h[None, :])[-1]
+            e = torch.linalg.eigvalsh(torch.outer(h, h) * g)[-1]
             if target is not None:
                 # λ̄ (normalised) = exp(target − log μ + log d); c = λ̄ e / U
                 lam_bar = np.exp(target[k] - log_mu + math.log(d))
                 ratio = lam_bar / np.exp(z[k].detach().cpu().numpy())
-                c_k = float(np.mean(ratio)) * float(e.detach())
-                cs.append(c_k)
+                cs.append(float(np.mean(ratio)) * float(e.detach()))
                 lam = torch.as_tensor(lam_bar, dtype=torch.float64, device=self.device)
             else:
-                c = 2 * torch.sigmoid(a[k])
-                lam = c * torch.exp(z[k]) / e
-                cs.append(float(c.detach()))
+                lam = (2 * torch.sigmoid(a[k]) / e) * torch.exp(z[k])
             p, mm = al * be, 0.5 * (al + be)
-            if p != 0 or self.coef(k) != 4 * mm * mm:
+            if p != 0 or coef != 4 * mm * mm:
                 s = m + (2 * p / d) * (w.T * lam[None, :]) @ w
-                rs = torch.linalg.cholesky(0.5 * (s + s.T))
-                gs = (4 * mm * mm / d) * (w @ torch.cholesky_solve(w.T, rs))
-                gs = 0.5 * (gs + gs.T)
+                gs = (4 * mm * mm / d) * (w @ torch.cholesky_solve(w.T, torch.linalg.cholesky(s)))
             else:
                 gs = g
-            m = 2 * torch.diag(lam) - lam[:, None] * gs * lam[None, :]
-            m = 0.5 * (m + m.T)
-            log_lams.append(torch.log(lam).detach().cpu().numpy() + log_mu - math.log(d))
+            m = torch.diag_embed(2 * lam) - torch.outer(lam, lam) * gs
             log_mu -= math.log(d)
-        r = torch.linalg.cholesky(m)
+            lams.append((lam.detach(), log_mu))
         wl = self.W[-1]
-        out = wl @ torch.cholesky_solve(wl.T, r)
-        top = out[0, 0] if out.shape[0] == 1 else torch.linalg.eigvalsh(0.5 * (out + out.T))[-1]
-        return 0.5 * (torch.log(top) - log_mu), log_lams, cs
+        out = wl @ torch.cholesky_solve(wl.T, torch.linalg.cholesky(m))
+        top = out[0, 0] if out.shape[0] == 1 else torch.linalg.eigvalsh(out)[-1]
+        return 0.5 * (torch.log(top) - log_mu), lams, cs
+
+
+def true_log_lambdas(lams: list[tuple[torch.Tensor, float]]) -> list[np.ndarray]:
+    """Per-layer true-scale log Λ_k from the forward's normalised λ̄_k and log μ_k (Λ_k = μ_k λ̄_k)."""
+    return [torch.log(lam).cpu().numpy() + log_mu for lam, log_mu in lams]
 
 
 def _warm(net: MLP, ctx: Context) -> tuple[str, Trajectory]:
@@ -161,12 +162,11 @@ def optimized(net: MLP, ctx: Context) -> tuple[float, dict[str, Any]]:
     if best_logs is None:
         return warm.value, {**out, "certified": False, "reason": "no optimisation step succeeded"}
     try:
-        cert = certify_log(net, best_logs, device=dev, check=None)
+        cert = certify_log(net, true_log_lambdas(best_logs), device=dev, check=None)
     except CertificationError as e:
         return warm.value, {**out, "certified": False, "reason": str(e)[:200]}
     out["certified"] = True
     out["vs_warm"] = float(f"{cert.value / warm.value:.6g}") if warm.value > 0 else None
     if cert.value >= warm.value:
         return warm.value, {**out, "used": "warm_start"}
-    out["min_margin"] = None
     return cert.value, out
