@@ -294,14 +294,13 @@ class Catalog:
             try:
                 con.execute("BEGIN TRANSACTION")
                 try:
-                    con.execute(queries.STAGE_SQL)
-                    staged = con.execute("SELECT count(*) FROM _lipzoo_stage").fetchone()
                     con.execute(queries.UPSERT_MODELS_SQL)
                     con.execute(queries.UPSERT_REVISIONS_SQL)
-                    con.execute(queries.UPSERT_RESULTS_SQL, [datetime.now(UTC)])
+                    conflicts = con.execute(queries.CONFLICTS_SQL).fetchone()
+                    sql = queries.UPSERT_RESULTS_SQL if conflicts and conflicts[0] else queries.INSERT_RESULTS_SQL
+                    con.execute(sql, [datetime.now(UTC)])
                     con.execute(queries.ENSURE_RUNS_SQL)
                     con.execute(queries.RUN_ENGINE_SQL)
-                    con.execute("DROP TABLE _lipzoo_stage")
                     if self._before_commit is not None:
                         self._before_commit()
                     con.execute("COMMIT")
@@ -310,7 +309,7 @@ class Catalog:
                     raise
             finally:
                 con.unregister("_lipzoo_batch")
-        return int(staged[0]) if staged else 0
+        return len(cols["ord"])
 
     # -- reads --------------------------------------------------------------------------------------------
     def computed_keys(self, engine_version: str) -> set[tuple[str, str, str]]:

@@ -6,10 +6,12 @@ Why columns: DuckDB inserts a registered dict of NumPy arrays at ~1 M rows/s, wh
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -46,72 +48,102 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
+_ENCODE = json.JSONEncoder(sort_keys=True, default=str, allow_nan=False).encode
+_ENCODE_LAX = json.JSONEncoder(sort_keys=True, default=str).encode
+
+
 def dump_json(obj: Any) -> str | None:
     if obj is None:
         return None
     if not obj:
         return "{}"
     try:
-        return json.dumps(obj, sort_keys=True, default=str, allow_nan=False)
+        return _ENCODE(obj)
     except ValueError:
-        return json.dumps(_clean(obj), sort_keys=True, default=str)
+        return _ENCODE_LAX(_clean(obj))
+
+
+_FIELDS = ("model_id", "hub", "repo_id", "revision", "variant", "kind", "status", "value", "reason", "seconds",
+           "vacuous", "device", "params", "architecture", "weights_digest", "engine_version", "lipzoo_version",
+           "run_id", "flow_run_id", "computed_at")
+_GET = attrgetter(*_FIELDS)
+
+
+def _epoch_us(stamps: Sequence[datetime]) -> np.ndarray:
+    try:  # fast path: aware datetimes (what ResultRow makes)
+        us = [(d - _EPOCH) // _US for d in stamps]
+    except TypeError:  # some naive ones: UTC by convention
+        us = [epoch_us(d) for d in stamps]
+    return np.array(us, dtype=np.int64)
+
+
+def _obj(seq: Sequence[Any]) -> np.ndarray:
+    a = np.empty(len(seq), dtype=object)
+    a[:] = seq
+    return a
 
 
 def rows_to_columns(rows: Sequence[ResultRow], run_id: str | None, lipzoo_version: str) -> dict[str, np.ndarray]:
-    """Validate a batch and turn it into column arrays (plus `ord`, the row's position: the last duplicate wins).
+    """Validate a batch and turn it into column arrays (plus `ord`, the row's position in the batch).
 
-    An `ok` row without a finite value is stored as `failed` (never as a bound); an unknown kind/status is a
-    programming error and raises ValueError naming the model.
+    Duplicated keys (model_id, revision, variant, engine_version) keep the last row. An `ok` row without a
+    finite value is stored as `failed` (never as a bound); an unknown kind/status or a missing key is a
+    programming error and raises ValueError naming the row.
     """
+    # the cyclic GC would rescan the ~100k fresh tuples/strings many times over: it doubles the cost
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _rows_to_columns(rows, run_id, lipzoo_version)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _rows_to_columns(rows: Sequence[ResultRow], run_id: str | None, lipzoo_version: str) -> dict[str, np.ndarray]:
+    cols = dict(zip(_FIELDS, (list(c) for c in zip(*map(_GET, rows), strict=True)), strict=True))
     n = len(rows)
-    cols: dict[str, list[Any]] = {f: [None] * n for f in STRING_FIELDS}
-    value = np.full(n, np.nan)
-    seconds = np.zeros(n)
-    vacuous = np.zeros(n, dtype=bool)
-    params: list[str | None] = [None] * n
-    computed = np.empty(n, dtype=np.int64)
-    for i, r in enumerate(rows):
-        kind, status = r.kind, r.status
-        if kind not in KINDS or status not in STATUSES:
-            raise ValueError(f"{r.model_id}@{r.revision} variant {r.variant}: kind={kind!r} status={status!r} "
-                             f"(expected kind in {KINDS}, status in {STATUSES})")
-        if not r.model_id or not r.revision or not r.variant:
+    for name in ("model_id", "revision", "variant"):
+        if not all(cols[name]):
+            i = next(i for i, v in enumerate(cols[name]) if not v)
+            r = rows[i]
             raise ValueError(f"result row needs model_id, revision and variant (got {r.model_id!r}, "
                              f"{r.revision!r}, {r.variant!r})")
-        reason = r.reason
-        v = r.value
-        if v is not None:
-            v = float(v)
-            if math.isfinite(v):
-                value[i] = v
-            elif status == "ok":
-                status, reason = "failed", f"non-finite value {v} reported as ok"
-        elif status == "ok":
-            status, reason = "failed", "ok result without a value"
-        cols["model_id"][i] = r.model_id
-        cols["hub"][i] = r.hub
-        cols["repo_id"][i] = r.repo_id
-        cols["revision"][i] = r.revision
-        cols["variant"][i] = r.variant
-        cols["kind"][i] = kind
-        cols["status"][i] = status
-        cols["reason"][i] = reason
-        cols["device"][i] = r.device
-        cols["architecture"][i] = r.architecture
-        cols["weights_digest"][i] = r.weights_digest
-        cols["engine_version"][i] = r.engine_version or ""
-        cols["lipzoo_version"][i] = r.lipzoo_version or lipzoo_version
-        cols["run_id"][i] = run_id or r.run_id
-        cols["flow_run_id"][i] = r.flow_run_id
-        seconds[i] = r.seconds or 0.0
-        vacuous[i] = bool(r.vacuous)
-        params[i] = dump_json(r.params)
-        computed[i] = epoch_us(r.computed_at)
-    out: dict[str, np.ndarray] = {k: np.array(v, dtype=object) for k, v in cols.items()}
-    out["value"] = value  # NaN -> NULL in DuckDB's NumPy scan
-    out["seconds"] = seconds
-    out["vacuous"] = vacuous
-    out["params"] = np.array(params, dtype=object)
-    out["computed_at"] = computed.view("datetime64[us]")
+    if not set(cols["kind"]) <= set(KINDS) or not set(cols["status"]) <= set(STATUSES):
+        r = next(r for r in rows if r.kind not in KINDS or r.status not in STATUSES)
+        raise ValueError(f"{r.model_id}@{r.revision} variant {r.variant}: kind={r.kind!r} status={r.status!r} "
+                         f"(expected kind in {KINDS}, status in {STATUSES})")
+
+    value = np.array([np.nan if v is None else v for v in cols["value"]], dtype=np.float64)
+    finite = np.isfinite(value)
+    if not finite.all():
+        status, reason = cols["status"], cols["reason"]
+        for i in np.flatnonzero(~finite):
+            if status[i] == "ok":
+                v = cols["value"][i]
+                status[i] = "failed"
+                reason[i] = "ok result without a value" if v is None else f"non-finite value {v} reported as ok"
+        value[~finite] = np.nan  # NaN -> NULL in DuckDB's NumPy scan (inf would be stored)
+
+    engine = [e or "" for e in cols["engine_version"]]
+    keys = list(zip(cols["model_id"], cols["revision"], cols["variant"], engine, strict=True))
+    keep: np.ndarray | None = None
+    if len(set(keys)) != n:
+        keep = np.array(sorted({k: i for i, k in enumerate(keys)}.values()), dtype=np.int64)
+
+    out: dict[str, np.ndarray] = {
+        name: _obj(cols[name]) for name in STRING_FIELDS
+        if name not in ("engine_version", "lipzoo_version", "run_id")
+    }
+    out["engine_version"] = _obj(engine)
+    out["lipzoo_version"] = _obj([v or lipzoo_version for v in cols["lipzoo_version"]])
+    out["run_id"] = np.full(n, run_id, dtype=object) if run_id else _obj(cols["run_id"])
+    out["value"] = value
+    out["seconds"] = np.array([s or 0.0 for s in cols["seconds"]], dtype=np.float64)
+    out["vacuous"] = np.array(cols["vacuous"], dtype=bool)
+    out["params"] = _obj([dump_json(p) for p in cols["params"]])
+    out["computed_at"] = _epoch_us(cols["computed_at"]).view("datetime64[us]")
     out["ord"] = np.arange(n, dtype=np.int64)
+    if keep is not None:
+        out = {k: v[keep] for k, v in out.items()}
     return out

@@ -10,23 +10,17 @@ from typing import Any
 import duckdb
 
 from .errors import UnknownModelError, UnknownRunError, UnknownVariantError
+from .schema import BOUND_COLS, bounds_sql, current_results_sql, latest_source
 
 # ---- writer ---------------------------------------------------------------------------------------------
-# `_lipzoo_batch` is the registered dict of NumPy columns from columns.rows_to_columns.
-STAGE_SQL = """
-CREATE TEMP TABLE _lipzoo_stage AS
-SELECT model_id, hub, repo_id, revision, variant, kind, status, value, reason, seconds, device, architecture,
-       weights_digest, engine_version, lipzoo_version, run_id, flow_run_id, vacuous, params,
-       timezone('UTC', computed_at) AS computed_at, ord
-FROM _lipzoo_batch
-QUALIFY row_number() OVER (PARTITION BY model_id, revision, variant, engine_version ORDER BY ord DESC) = 1
-"""
-
+# `_lipzoo_batch` is the registered dict of NumPy columns from columns.rows_to_columns (keys already unique;
+# computed_at arrives as a naive UTC TIMESTAMP and is converted with timezone('UTC', ...)).
 UPSERT_MODELS_SQL = """
 INSERT INTO models (model_id, hub, repo_id, architecture, first_seen, last_seen)
 SELECT model_id, arg_max(hub, ord), arg_max(repo_id, ord),
-       arg_max(architecture, ord) FILTER (WHERE architecture IS NOT NULL), min(computed_at), max(computed_at)
-FROM _lipzoo_stage GROUP BY model_id
+       arg_max(architecture, ord) FILTER (WHERE architecture IS NOT NULL),
+       timezone('UTC', min(computed_at)), timezone('UTC', max(computed_at))
+FROM _lipzoo_batch GROUP BY model_id
 ON CONFLICT (model_id) DO UPDATE SET
     hub = excluded.hub, repo_id = excluded.repo_id,
     architecture = coalesce(excluded.architecture, models.architecture),
@@ -37,12 +31,28 @@ ON CONFLICT (model_id) DO UPDATE SET
 UPSERT_REVISIONS_SQL = """
 INSERT INTO revisions (model_id, revision, weights_digest, first_seen, last_seen)
 SELECT model_id, revision, arg_max(weights_digest, ord) FILTER (WHERE weights_digest IS NOT NULL),
-       min(computed_at), max(computed_at)
-FROM _lipzoo_stage GROUP BY model_id, revision
+       timezone('UTC', min(computed_at)), timezone('UTC', max(computed_at))
+FROM _lipzoo_batch GROUP BY model_id, revision
 ON CONFLICT (model_id, revision) DO UPDATE SET
     weights_digest = coalesce(excluded.weights_digest, revisions.weights_digest),
     first_seen = least(revisions.first_seen, excluded.first_seen),
     last_seen = greatest(revisions.last_seen, excluded.last_seen)
+"""
+
+CONFLICTS_SQL = """
+SELECT count(*) FROM _lipzoo_batch b SEMI JOIN results r
+ON r.model_id = b.model_id AND r.revision = b.revision AND r.variant = b.variant AND r.engine_version = b.engine_version
+"""
+
+# the plain INSERT (no key exists yet: the usual audit) costs half the ON CONFLICT one on a 600k-row catalog
+INSERT_RESULTS_SQL = """
+INSERT INTO results (model_id, revision, variant, engine_version, hub, repo_id, weights_digest, kind, status,
+                     value, reason, seconds, device, params, lipzoo_version, run_id, flow_run_id, computed_at,
+                     written_at, vacuous)
+SELECT model_id, revision, variant, engine_version, hub, repo_id, weights_digest, kind, status,
+       value, reason, seconds, device, params::JSON, lipzoo_version, run_id, flow_run_id,
+       timezone('UTC', computed_at), $1, vacuous
+FROM _lipzoo_batch
 """
 
 UPSERT_RESULTS_SQL = """
@@ -50,9 +60,9 @@ INSERT INTO results (model_id, revision, variant, engine_version, hub, repo_id, 
                      value, reason, seconds, device, params, lipzoo_version, run_id, flow_run_id, computed_at,
                      written_at, vacuous)
 SELECT model_id, revision, variant, engine_version, hub, repo_id, weights_digest, kind, status,
-       value, reason, seconds, device, params::JSON, lipzoo_version, run_id, flow_run_id, computed_at,
-       $1, vacuous
-FROM _lipzoo_stage
+       value, reason, seconds, device, params::JSON, lipzoo_version, run_id, flow_run_id,
+       timezone('UTC', computed_at), $1, vacuous
+FROM _lipzoo_batch
 ON CONFLICT (model_id, revision, variant, engine_version) DO UPDATE SET
     hub = excluded.hub, repo_id = excluded.repo_id, weights_digest = excluded.weights_digest,
     kind = excluded.kind, status = excluded.status, value = excluded.value, reason = excluded.reason,
@@ -65,15 +75,15 @@ WHERE NOT (results.status = 'ok' AND excluded.status <> 'ok')
 # rows tagged with a run id nobody begun (written without begin_run) still get a runs row, so diff works
 ENSURE_RUNS_SQL = """
 INSERT INTO runs (run_id, flow_run_id, started_at, finished_at, device, lipzoo_version, status)
-SELECT run_id, any_value(flow_run_id), min(computed_at), max(computed_at), any_value(device),
-       any_value(lipzoo_version), 'external'
-FROM _lipzoo_stage WHERE run_id IS NOT NULL GROUP BY run_id
+SELECT run_id, any_value(flow_run_id), timezone('UTC', min(computed_at)), timezone('UTC', max(computed_at)),
+       any_value(device), any_value(lipzoo_version), 'external'
+FROM _lipzoo_batch WHERE run_id IS NOT NULL GROUP BY run_id
 ON CONFLICT (run_id) DO NOTHING
 """
 
 RUN_ENGINE_SQL = """
 UPDATE runs SET engine_version = s.ev
-FROM (SELECT run_id, max(engine_version) AS ev FROM _lipzoo_stage WHERE run_id IS NOT NULL GROUP BY run_id) s
+FROM (SELECT run_id, max(engine_version) AS ev FROM _lipzoo_batch WHERE run_id IS NOT NULL GROUP BY run_id) s
 WHERE runs.run_id = s.run_id AND runs.engine_version IS DISTINCT FROM s.ev
 """
 
@@ -91,16 +101,18 @@ def fetch_dicts(cur: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
 
 
 # ---- leaderboard ----------------------------------------------------------------------------------------
-_LB_SQL = """
-WITH lb AS (SELECT * EXCLUDE (rank) FROM leaderboard WHERE $1::VARCHAR IS NULL OR hub = $1)
-SELECT CASE WHEN best_upper IS NOT NULL THEN rank() OVER (ORDER BY best_upper ASC NULLS LAST) END AS rank,
-       model_id, hub, repo_id, revision, best_upper, best_upper_variant, best_upper_vacuous,
-       best_lower, best_lower_variant, tightness, sound, status, n_ok, n_refused, n_failed, first_problem,
-       architecture, weights_digest, revision_seen, engine_version, computed_at
-FROM lb
-ORDER BY rank ASC NULLS LAST, model_id
-LIMIT $2
-"""
+_LB_COLUMNS = ("model_id, hub, repo_id, revision, best_upper, best_upper_variant, best_upper_vacuous, best_lower, "
+               "best_lower_variant, tightness, sound, status, n_ok, n_refused, n_failed, first_problem, architecture, "
+               "weights_digest, revision_seen, engine_version, computed_at")
+
+
+def _lit(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def _ident(s: str) -> str:
+    return '"' + s.replace('"', '""') + '"'
+
 
 _LB_VARIANT_SQL = """
 WITH v AS (
@@ -115,13 +127,6 @@ FROM v LEFT JOIN leaderboard l ON l.model_id = v.model_id
 ORDER BY rank ASC NULLS LAST, v.status, v.model_id
 LIMIT $3
 """
-
-_PIVOT_SQL = """
-SELECT model_id, variant, value FROM leaderboard_variants
-WHERE status = 'ok' AND value IS NOT NULL AND isfinite(value) AND ($1::VARCHAR IS NULL OR hub = $1)
-  AND ($2::VARCHAR[] IS NULL OR list_contains($2, model_id))
-"""
-
 
 def variant_ids(con: duckdb.DuckDBPyConnection) -> list[str]:
     """Variants present in the catalog, upper-bound ones first (then lower), alphabetical within each."""
@@ -140,20 +145,20 @@ def leaderboard(con: duckdb.DuckDBPyConnection, variant: str | None = None, hub:
                 raise UnknownVariantError(f"unknown variant {variant!r}; variants in this catalog: "
                                           f"{', '.join(known) or '(none yet)'}")
         return rows
-    rows = fetch_dicts(con.execute(_LB_SQL, [hub, limit]))
-    if not variant_columns or not rows:
-        return rows
-    variants = variant_ids(con)
-    ids = [r["model_id"] for r in rows] if limit else None
-    values: dict[str, dict[str, float]] = {}
-    for model_id, var, value in con.execute(_PIVOT_SQL, [hub, ids]).fetchall():
-        values.setdefault(model_id, {})[var] = value
-    base = set(rows[0])
-    for r in rows:
-        got = values.get(r["model_id"], {})
-        for var in variants:
-            r[var if var not in base else f"variant:{var}"] = got.get(var)
-    return rows
+    # one pass: the bounds aggregate over the latest revisions, with one pivot column per variant
+    pivot: list[str] = []
+    names: list[str] = []
+    if variant_columns:
+        base = {c.strip() for c in _LB_COLUMNS.split(",")} | {"rank"}
+        for i, v in enumerate(variant_ids(con)):
+            names.append(v if v not in base else f"variant:{v}")
+            pivot.append(f"max(value) FILTER (WHERE usable AND variant = {_lit(v)}) AS __pivot{i}")
+    source = "(" + current_results_sql(latest_source("WHERE $1::VARCHAR IS NULL OR res.hub = $1"), BOUND_COLS) + ")"
+    extra = "".join(f", b.__pivot{i} AS {_ident(n)}" for i, n in enumerate(names))
+    sql = (f"SELECT CASE WHEN best_upper IS NOT NULL THEN rank() OVER (ORDER BY best_upper ASC NULLS LAST) END "
+           f"AS rank, {_LB_COLUMNS}{extra} FROM ({bounds_sql(source, pivot)}) b "
+           f"ORDER BY rank ASC NULLS LAST, model_id LIMIT $2")
+    return fetch_dicts(con.execute(sql, [hub, limit]))
 
 
 # ---- models / history -----------------------------------------------------------------------------------

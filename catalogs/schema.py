@@ -87,28 +87,44 @@ CREATE TABLE results (
 );
 """
 
-# v2: crash-recovery bookkeeping on runs (host + pid tell a dead 'running' run from a live one), the
-# `vacuous` flag on results (certified but meaningless upper bounds: shown, never preferred), and the views.
-_V2 = """
-ALTER TABLE runs ADD COLUMN host VARCHAR;
-ALTER TABLE runs ADD COLUMN pid INTEGER;
-ALTER TABLE runs ADD COLUMN git_sha VARCHAR;
-ALTER TABLE runs ADD COLUMN engine_version VARCHAR;
-ALTER TABLE results ADD COLUMN vacuous BOOLEAN NOT NULL DEFAULT false;
+# One row per (model, revision, variant): the newest engine's result (by computed_at, then engine version).
+# An aggregate with arg_max over a struct, not a window: ~3x faster on 600k rows, and the struct is never NULL
+# (plain arg_max would skip a NULL value and resurrect an older engine's number).
+_RESULT_COLS = ["hub", "repo_id", "weights_digest", "kind", "status", "value", "vacuous", "reason", "seconds",
+                "device", "params", "engine_version", "lipzoo_version", "run_id", "flow_run_id", "computed_at",
+                "written_at"]
 
-CREATE VIEW latest_revisions AS
-SELECT model_id, revision, weights_digest, first_seen, last_seen
-FROM revisions
-QUALIFY row_number() OVER (PARTITION BY model_id ORDER BY first_seen DESC, revision DESC) = 1;
 
-CREATE VIEW current_results AS
-SELECT * FROM results
-QUALIFY row_number() OVER (PARTITION BY model_id, revision, variant
-                           ORDER BY computed_at DESC, engine_version DESC) = 1;
+# what the bounds aggregate needs: a narrow struct makes the dedupe ~3x cheaper than the full row
+BOUND_COLS = ["kind", "status", "value", "vacuous", "reason", "engine_version", "computed_at"]
 
-CREATE VIEW revision_bounds AS
-WITH r AS (
-    SELECT *, (status = 'ok' AND value IS NOT NULL AND isfinite(value)) AS usable FROM current_results
+
+def current_results_sql(source: str, columns: list[str] | None = None) -> str:
+    columns = columns or _RESULT_COLS
+    pack = ", ".join(f"{c!r}: {c}" for c in columns)
+    cols = ", ".join(f"s.{c} AS {c}" for c in columns)
+    return (f"SELECT model_id, revision, variant, {cols} FROM (SELECT model_id, revision, variant, "
+            f"arg_max({{{pack}}}, (computed_at, engine_version)) AS s FROM {source} "
+            f"GROUP BY model_id, revision, variant)")
+
+
+def latest_source(where: str = "") -> str:
+    """Results rows at each model's latest revision (DuckDB turns the semi join into a scan filter)."""
+    return ("(SELECT res.* FROM results res SEMI JOIN latest_revisions lr "
+            f"ON res.model_id = lr.model_id AND res.revision = lr.revision {where})")
+
+
+def latest_bounds_sql(where: str = "") -> str:
+    """revision_bounds at each model's latest revision (`where` filters the results rows, e.g. by hub)."""
+    return bounds_sql("(" + current_results_sql(latest_source(where), BOUND_COLS) + ")")
+
+
+def bounds_sql(source: str, extra: list[str] | None = None) -> str:
+    """Per (model, revision) over one-row-per-variant `source`: best certified upper bound (non-vacuous first),
+    best lower bound, tightness, soundness flag, status counts; `extra` adds aggregate columns (the pivot)."""
+    more = "".join(f",\n        {e}" for e in extra or [])
+    return f"""WITH r AS (
+    SELECT *, (status = 'ok' AND value IS NOT NULL AND isfinite(value)) AS usable FROM {source}
 ), agg AS (
     SELECT model_id, revision,
         min(value) FILTER (WHERE usable AND kind = 'upper' AND NOT vacuous)                 AS up_real,
@@ -122,7 +138,7 @@ WITH r AS (
         count(*) FILTER (WHERE status = 'failed')  AS n_failed,
         arg_min(status || ': ' || coalesce(reason, ''), variant) FILTER (WHERE status <> 'ok') AS first_problem,
         max(computed_at) AS computed_at,
-        max(engine_version) AS engine_version
+        max(engine_version) AS engine_version{more}
     FROM r GROUP BY model_id, revision
 )
 SELECT a.model_id, m.hub, m.repo_id, m.architecture, a.revision, rv.weights_digest, rv.first_seen AS revision_seen,
@@ -135,29 +151,47 @@ SELECT a.model_id, m.hub, m.repo_id, m.architecture, a.revision, rv.weights_dige
     CASE WHEN coalesce(a.up_real, a.up_vac) IS NULL OR a.best_lower IS NULL THEN NULL
          ELSE coalesce(a.up_real, a.up_vac) >= a.best_lower * (1 - 1e-6) END AS sound,
     CASE WHEN a.n_ok > 0 THEN 'ok' WHEN a.n_failed > 0 THEN 'failed' ELSE 'refused' END AS status,
-    a.n_ok, a.n_refused, a.n_failed, a.first_problem, a.engine_version, a.computed_at
+    a.* EXCLUDE (model_id, revision, up_real, up_real_variant, up_vac, up_vac_variant, best_lower, best_lower_variant)
 FROM agg a
-JOIN models m USING (model_id)
-JOIN revisions rv USING (model_id, revision);
+JOIN models m ON m.model_id = a.model_id
+JOIN revisions rv ON rv.model_id = a.model_id AND rv.revision = a.revision"""
+
+
+# v2: crash-recovery bookkeeping on runs (host + pid tell a dead 'running' run from a live one), the
+# `vacuous` flag on results (certified but meaningless upper bounds: shown, never preferred), and the views.
+_V2_TEMPLATE = """
+ALTER TABLE runs ADD COLUMN host VARCHAR;
+ALTER TABLE runs ADD COLUMN pid INTEGER;
+ALTER TABLE runs ADD COLUMN git_sha VARCHAR;
+ALTER TABLE runs ADD COLUMN engine_version VARCHAR;
+ALTER TABLE results ADD COLUMN vacuous BOOLEAN NOT NULL DEFAULT false;
+
+CREATE VIEW latest_revisions AS
+SELECT model_id,
+    arg_max(revision, (first_seen, revision))            AS revision,
+    arg_max_null(weights_digest, (first_seen, revision)) AS weights_digest,
+    max(first_seen)                                      AS first_seen,
+    arg_max(last_seen, (first_seen, revision))           AS last_seen
+FROM revisions GROUP BY model_id;
+
+CREATE VIEW current_results AS
+{current_all};
+
+CREATE VIEW latest_results AS
+{current_latest};
+
+CREATE VIEW revision_bounds AS
+{bounds_all};
 
 CREATE VIEW leaderboard AS
 SELECT CASE WHEN b.best_upper IS NOT NULL THEN rank() OVER (ORDER BY b.best_upper ASC NULLS LAST) END AS rank, b.*
-FROM revision_bounds b
-SEMI JOIN latest_revisions lr ON b.model_id = lr.model_id AND b.revision = lr.revision;
+FROM ({bounds_latest}) b;
 
 CREATE VIEW leaderboard_variants AS
-WITH r AS (
-    SELECT res.* FROM results res
-    SEMI JOIN latest_revisions lr ON res.model_id = lr.model_id AND res.revision = lr.revision
-    QUALIFY row_number() OVER (PARTITION BY res.model_id, res.revision, res.variant
-                               ORDER BY res.computed_at DESC, res.engine_version DESC) = 1
-)
-SELECT CASE WHEN status = 'ok' AND value IS NOT NULL AND isfinite(value)
-            THEN rank() OVER (PARTITION BY variant, (status = 'ok' AND value IS NOT NULL AND isfinite(value))
-                              ORDER BY value ASC) END AS variant_rank,
+SELECT CASE WHEN usable THEN rank() OVER (PARTITION BY variant, usable ORDER BY value ASC) END AS variant_rank,
     model_id, hub, repo_id, revision, variant, kind, status, value, vacuous, reason, seconds, device,
     engine_version, run_id, computed_at
-FROM r;
+FROM (SELECT *, (status = 'ok' AND value IS NOT NULL AND isfinite(value)) AS usable FROM latest_results);
 
 CREATE VIEW history AS
 SELECT r.model_id, r.hub, r.repo_id, r.revision, rv.first_seen AS revision_seen, r.weights_digest,
@@ -179,6 +213,13 @@ LEFT JOIN results r ON r.model_id = lr.model_id AND r.revision = lr.revision
 GROUP BY ALL
 HAVING count(r.variant) FILTER (WHERE r.engine_version = current_engine AND r.status IN ('ok', 'refused')) = 0;
 """
+
+_V2 = _V2_TEMPLATE.format(
+    current_all=current_results_sql("results"),
+    current_latest=current_results_sql(latest_source()),
+    bounds_all=bounds_sql("(" + current_results_sql("results", BOUND_COLS) + ")"),
+    bounds_latest=latest_bounds_sql(),
+)
 
 MIGRATIONS: list[Migration] = [
     Migration(1, "base schema: models, revisions, runs, results", _V1),
