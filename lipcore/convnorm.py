@@ -1,0 +1,267 @@
+"""Certified operator norms of convolutions, and the frequency grids the Fourier recursion runs on.
+
+Why a lifted grid: a zero-padded convolution of an n-pixel map equals, on the interior, the circular
+convolution on any grid N >= n + padding (no wrap-around reaches the support). The circular operator is
+block-diagonalised by the unitary DFT: per frequency w it is the c_out x c_in matrix
+``W(w) = sum_a K[:, :, a] exp(2 pi i w.(a*d - p)/N)``. Its norm is max_w sigma_max(W(w)) - exact for
+circular padding and an upper bound for zero padding (the zero-padded operator is a restriction of it).
+Stride s (subsampling after the circular conv) folds s^2 frequencies together (the aliasing sum):
+``||C_s||^2 = max_w' lambda_max((1/s^2) sum_j W(w'+jN/s) W(w'+jN/s)^*)``.
+
+Real weights give Hermitian-symmetric symbols, X(-w) = conj(X(w)), so a Grid stores only the half spectrum
+(last axis 0..N/2, as rfftn does); alias sums and expansions between grids fetch the mirrored frequencies
+with a conjugation.
+
+Certification of lambda_max (never power iteration alone): a batched power iteration gives an estimate tau,
+then a batched Cholesky of tau*I - X at every frequency must succeed (else tau grows); success proves
+lambda_max(X(w)) <= tau up to the Cholesky backward error, which we cover by a relative inflation.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+CDTYPE = torch.complex128
+# inflation covering rounding in the Cholesky certificate (relative, times the matrix size)
+ROUND_REL = 4 * float(np.finfo(np.float64).eps)
+
+
+class Grid:
+    """A periodic spatial grid (N_1, ..., N_d); () is a plain vector (one frequency). Stores half spectra."""
+
+    def __init__(self, dims: tuple[int, ...]) -> None:
+        self.dims = tuple(int(d) for d in dims)
+        self.half = self.dims[:-1] + (self.dims[-1] // 2 + 1,) if self.dims else ()
+        self.F = int(np.prod(self.half)) if self.dims else 1
+        self.full = int(np.prod(self.dims)) if self.dims else 1
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Grid) and self.dims == other.dims
+
+    def __hash__(self) -> int:
+        return hash(self.dims)
+
+    def __repr__(self) -> str:
+        return f"Grid{self.dims}"
+
+    def finer_or_equal(self, other: Grid) -> bool:
+        if not other.dims:
+            return True
+        if not self.dims:
+            return False
+        return all(a % b == 0 for a, b in zip(self.dims, other.dims, strict=True))
+
+
+def finer(a: Grid, b: Grid) -> Grid:
+    if a.finer_or_equal(b):
+        return a
+    if b.finer_or_equal(a):
+        return b
+    raise ValueError(f"incompatible grids {a} and {b}")
+
+
+def _canon(g: Grid, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Stored index and conjugation flag of full-grid frequencies w (shape (..., d))."""
+    N = np.array(g.dims)
+    w = np.mod(w, N)
+    last = w[..., -1]
+    conj = last > g.dims[-1] // 2
+    wc = np.where(conj[..., None], np.mod(-w, N), w)
+    idx = np.ravel_multi_index(tuple(np.moveaxis(wc, -1, 0)), g.half)
+    return idx, conj
+
+
+def _stored_freqs(g: Grid) -> np.ndarray:
+    return np.stack(np.meshgrid(*[np.arange(h) for h in g.half], indexing="ij"), -1).reshape(-1, len(g.dims))
+
+
+@lru_cache(maxsize=256)
+def _alias_np(fine: tuple[int, ...], coarse: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    gf = Grid(fine)
+    if not coarse:  # every full-grid frequency folds onto the single one
+        w = np.stack(np.meshgrid(*[np.arange(n) for n in fine], indexing="ij"), -1).reshape(-1, len(fine))
+        idx, conj = _canon(gf, w)
+        return idx[:, None], conj[:, None]
+    gc = Grid(coarse)
+    r = [f // c for f, c in zip(fine, coarse, strict=True)]
+    wc = _stored_freqs(gc)  # (Fc, d)
+    js = np.stack(np.meshgrid(*[np.arange(x) for x in r], indexing="ij"), -1).reshape(-1, len(r))  # (S, d)
+    w = wc[None, :, :] + js[:, None, :] * np.array(coarse)[None, None, :]
+    return _canon(gf, w)
+
+
+@lru_cache(maxsize=256)
+def _expand_np(coarse: tuple[int, ...], fine: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    gf = Grid(fine)
+    wf = _stored_freqs(gf)
+    if not coarse:
+        return np.zeros(len(wf), dtype=np.int64), np.zeros(len(wf), dtype=bool)
+    return _canon(Grid(coarse), wf)
+
+
+def down(x: torch.Tensor, fine: Grid, coarse: Grid) -> torch.Tensor:
+    """Alias sum: fold a per-frequency array on `fine` onto `coarse` (sum over the frequencies aliasing there)."""
+    if fine == coarse:
+        return x
+    S = fine.full // coarse.full
+    if x.shape[0] == 1:  # flat: the same matrix at every frequency
+        return x * S
+    idx, conj = _alias_np(fine.dims, coarse.dims)
+    i = torch.as_tensor(idx, device=x.device)
+    c = torch.as_tensor(conj, device=x.device)
+    y = x[i]  # (S, Fc, a, b)
+    if c.any():
+        y = torch.where(c[..., None, None], y.conj(), y)
+    return y.sum(0)
+
+
+def up(x: torch.Tensor, coarse: Grid, fine: Grid) -> torch.Tensor:
+    """Expand a per-frequency array on `coarse` to `fine` (each fine frequency reads its coarse alias)."""
+    if fine == coarse or x.shape[0] == 1:
+        return x
+    idx, conj = _expand_np(coarse.dims, fine.dims)
+    i = torch.as_tensor(idx, device=x.device)
+    y = x[i]
+    if conj.any():
+        y = torch.where(torch.as_tensor(conj, device=x.device)[:, None, None], y.conj(), y)
+    return y
+
+
+# ---------------------------------------------------------------------------------------------------------
+# symbols
+# ---------------------------------------------------------------------------------------------------------
+class Symbol:
+    """A translation-invariant linear operator on a grid: dense (F|1, co, ci) or diagonal (F|1, c) per frequency.
+
+    `stride` subsamples the output (output grid = input grid / stride); the 1/sqrt(prod stride) factor of the
+    unitary aliasing sum is applied by the caller.
+    """
+
+    def __init__(self, arr: torch.Tensor, grid: Grid, diag: bool, stride: tuple[int, ...], co: int, ci: int) -> None:
+        self.arr = arr
+        self.grid = grid
+        self.diag = diag
+        self.stride = stride
+        self.co = co
+        self.ci = ci
+
+    @property
+    def flat(self) -> bool:
+        return self.arr.shape[0] == 1
+
+    def on(self, g: Grid) -> Symbol:
+        if g == self.grid or self.flat:
+            return self
+        a = self.arr
+        a2 = up(a[..., None] if self.diag else a, self.grid, g)
+        return Symbol(a2[..., 0] if self.diag else a2, g, self.diag, self.stride, self.co, self.ci)
+
+    def left(self, x: torch.Tensor) -> torch.Tensor:
+        """A(w) @ x(w)."""
+        return self.arr[..., :, None] * x if self.diag else self.arr @ x
+
+    def right_h(self, x: torch.Tensor) -> torch.Tensor:
+        """x(w) @ A(w)^*."""
+        return x * self.arr.conj()[..., None, :] if self.diag else x @ self.arr.mH
+
+
+def conv_symbol(w: torch.Tensor, grid: Grid, stride: tuple[int, ...], padding: tuple[int, ...],
+                dilation: tuple[int, ...], groups: int, device: torch.device) -> Symbol:
+    """The per-frequency symbol of a (grouped, dilated, strided, zero-padded) convolution on `grid`."""
+    w = w.to(torch.float64)
+    co, cig = w.shape[:2]
+    ci = cig * groups
+    k = w.shape[2:]
+    d = len(k)
+    if all(kk == 1 for kk in k) and all(p == 0 for p in padding) and groups == 1:
+        return Symbol(w.reshape(1, co, ci).to(device=device, dtype=CDTYPE), grid, False, stride, co, ci)
+    pos = [np.mod(np.array(padding[i]) - np.arange(k[i]) * dilation[i], grid.dims[i]) for i in range(d)]
+    depthwise = groups == ci and co == ci
+    if depthwise:
+        z = torch.zeros((co, *grid.dims), dtype=torch.float64, device=device)
+        kk = w[:, 0].to(device)
+    else:
+        z = torch.zeros((co, ci, *grid.dims), dtype=torch.float64, device=device)
+        if groups == 1:
+            kk = w.to(device)
+        else:  # block-diagonal dense kernel
+            kk = torch.zeros((co, ci, *k), dtype=torch.float64, device=device)
+            og = co // groups
+            for gi in range(groups):
+                kk[gi * og:(gi + 1) * og, gi * cig:(gi + 1) * cig] = w[gi * og:(gi + 1) * og].to(device)
+    idx = np.meshgrid(*[np.arange(kx) for kx in k], indexing="ij")
+    for tap in zip(*[i.reshape(-1) for i in idx], strict=True):
+        dst = tuple(int(pos[i][tap[i]]) for i in range(d))
+        z[(..., *dst)] += kk[(..., *tap)]
+    spatial = tuple(range(-d, 0))
+    s = torch.fft.rfftn(z, dim=spatial, norm="backward")  # sum_m z[m] e^{-2 pi i w m / N}
+    nsp = s.shape[-d:]
+    if depthwise:
+        arr = s.reshape(co, -1).T.contiguous()  # (F, c)
+        return Symbol(arr.to(CDTYPE), grid, True, stride, co, ci)
+    arr = s.reshape(co, ci, -1).permute(2, 0, 1).contiguous()
+    assert int(np.prod(nsp)) == grid.F
+    return Symbol(arr.to(CDTYPE), grid, False, stride, co, ci)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# certified lambda_max
+# ---------------------------------------------------------------------------------------------------------
+def _chunks(F: int, c: int, budget: int = 1 << 26) -> int:
+    return max(1, min(F, budget // max(1, c * c)))
+
+
+def power_estimate(x: torch.Tensor, iters: int = 30, seed: int = 0) -> torch.Tensor:
+    """Per-frequency lambda_max estimate of Hermitian PSD blocks (a LOWER estimate: never certified alone)."""
+    F, c, _ = x.shape
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    v = torch.randn(F, c, 1, generator=g, dtype=torch.float64).to(device=x.device, dtype=x.dtype)
+    v = v + 0.1
+    est = torch.zeros(F, dtype=torch.float64, device=x.device)
+    for _ in range(iters):
+        v = v / torch.linalg.vector_norm(v, dim=(1, 2), keepdim=True).clamp_min(1e-300)
+        xv = x @ v
+        est = (v.mH @ xv).real.reshape(F)
+        v = xv
+    return est
+
+
+def lmax_upper(x: torch.Tensor, iters: int = 30, check_deadline: object = None) -> float:
+    """A certified upper bound on max_w lambda_max(x(w)) for Hermitian PSD blocks x (F, c, c)."""
+    F, c, _ = x.shape
+    if c == 1:
+        return float(x.real.reshape(-1).max()) * (1 + ROUND_REL * 4)
+    diag_max = float(x.diagonal(dim1=-2, dim2=-1).real.max())
+    if diag_max <= 0:
+        return 0.0
+    est = 0.0
+    step = _chunks(F, c)
+    for i in range(0, F, step):
+        est = max(est, float(power_estimate(x[i:i + step], iters).max()))
+    tau = max(est, diag_max) * (1 + 1e-6)
+    eye = torch.eye(c, dtype=x.dtype, device=x.device)
+    todo = torch.arange(F, device=x.device)
+    for _ in range(200):
+        bad = []
+        for i in range(0, len(todo), step):
+            sel = todo[i:i + step]
+            _, info = torch.linalg.cholesky_ex(tau * eye - x[sel])
+            bad.append(sel[info != 0])
+            if callable(check_deadline):
+                check_deadline()
+        todo = torch.cat(bad) if bad else todo[:0]
+        if len(todo) == 0:
+            return tau * (1 + ROUND_REL * c)
+        tau *= 1.01
+    raise ArithmeticError("could not certify lambda_max")
+
+
+def spectral_norm_matrix(w: torch.Tensor) -> float:
+    """Certified ||W||_2 of a dense real matrix (via the smaller Gram matrix)."""
+    w = w.to(torch.float64)
+    g = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
+    return math.sqrt(lmax_upper(g.to(CDTYPE)[None]))

@@ -1,0 +1,645 @@
+"""The LipSDP recursion on operator graphs, run per spatial frequency ("storage propagation").
+
+State. After processing a prefix of the graph we hold a quadratic certificate
+``||dx||^2 >= dl^T M dl`` over the *live* tensors l (those still consumed later), stored through its
+inverse P = M^{-1} (the "storage"), as blocks P_ab between live tensors a, b. Starting point: the input,
+P = I. The final bound is L = sqrt(lambda_max(P_yy)) for the output y (sup of ||dy||^2 under dl^T M dl <= 1).
+
+Rules (each one keeps the certificate valid):
+* Linear node y = sum_i c_i A_i u_i (conv, BN-folded conv, avg pool, global mean, per-channel scale, residual
+  addition, concatenation): y is a deterministic function of live tensors, so the joint storage extends
+  exactly by push-forward: P_yt = sum_i c_i A_i P_{u_i t}, P_yy = sum_ij c_i c_j A_i P_{u_i u_j} A_j^*.
+* Activation h = phi(v), slope in [0, b]: add the sector inequality sum_i lambda_i dh_i (b dv_i - dh_i) >= 0
+  (lambda_i >= 0) to the certificate and minimise over nothing: the joint matrix over (live, h) is
+  [[M, -b A^T Lambda], [-b Lambda A, 2 Lambda]] whose inverse is, with Gamma = b^2 P_vv and
+  G = (2 Lambda - Lambda Gamma Lambda)^{-1}:  P_hh = G, P_th = b P_tv Lambda G,
+  P_tt' += b^2 P_tv Lambda G Lambda P_vt'. Valid for ANY diagonal Lambda > 0 with 2 Lambda - Lambda Gamma Lambda
+  > 0 (checked by Cholesky at every frequency). An activation with alpha < 0 (Hardswish, GELU, SiLU, Mish) is
+  written exactly as alpha*v + psi(v) with psi in [0, beta - alpha]: a linear node plus a [0, b] activation.
+* Dropping a dead tensor = minimising the quadratic form over it = deleting its rows/columns of P.
+* Restart (max pooling, LayerNorm, and any node without a structured rule): ||dl||^2 <= sigma^2 ||dx||^2 with
+  sigma^2 = sum_t lambda_max(P_tt) (>= lambda_max of the joint P); a node y = op(U) with Lipschitz constant c
+  then gives ||d(l', y)||^2 <= f sigma^2 ||dx||^2 (f = max(1, c^2) when all of U dies here, else 1 + c^2), so
+  the certificate restarts as P = f sigma^2 I over the new live set. Max pooling breaks the chain this way.
+
+Frequency structure. With one multiplier per channel (the same at every pixel) every operator above is
+translation invariant on a periodic grid, so every block P_ab is block-diagonal in the unitary DFT: one
+c_a x c_b matrix per frequency (stored on the finer of the two grids; a stride-s map folds s^2 frequencies,
+see convnorm). The recursion then runs independently per frequency on c x c blocks, with the scalar
+multiplier rules (ECLipsE-Fast, sh-spectral) taking the max over frequencies, and the diagonal rules
+(Gershgorin, shift) reading the spatial kernel of Gamma (an inverse FFT). Real weights make every block
+Hermitian-symmetric in frequency: only the half spectrum is stored.
+
+Zero padding (lifting). Each map of n pixels is embedded in a grid N >= n + padding of every conv reading it
+(and N divisible by the strides that follow). Interior outputs of the circular conv then equal the zero-padded
+conv. The post-activation variable is the true map (zero outside the interior): for exterior neurons dh = 0,
+so their sector terms vanish whatever the (lifted) pre-activation is, and minimising over all lifted
+increments (a superset) keeps the inequality. A *linear* tensor whose exterior may carry wrap-around values
+("unclean") is never read by a conv that looks outside the interior: such a read forces a restart first
+(which re-embeds the true, clean tensor). Global mean pooling sums the interior only (masked FFT).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import convnorm as cn
+from .errors import CertificationError, Refused
+from .graph import GraphModel, Node
+
+Rule = Callable[[torch.Tensor, cn.Grid], "float | torch.Tensor"]
+
+
+@dataclass
+class TS:
+    """Layout of a live tensor: channel dim, spatial sizes, its grid root and downsampling factor."""
+
+    name: str
+    shape: tuple[int, ...]
+    chan: int
+    root: str
+    r: tuple[int, ...]
+    clean: bool = True
+    point: bool = False  # a vector (no spatial structure left): one frequency
+
+    @property
+    def sdims(self) -> tuple[int, ...]:
+        return () if self.point else tuple(i for i in range(len(self.shape)) if i != self.chan)
+
+    @property
+    def n(self) -> tuple[int, ...]:
+        return tuple(self.shape[i] for i in self.sdims)
+
+    @property
+    def c(self) -> int:
+        return self.shape[self.chan] if not self.point else int(np.prod(self.shape))
+
+
+@dataclass
+class Stats:
+    restarts: list[str] = field(default_factory=list)
+    activations: int = 0
+    backoffs: int = 0
+    flops: float = 0.0
+    vacuous: bool = False
+    min_margin: float = math.inf
+
+
+def _lcm(a: int, b: int) -> int:
+    return a * b // math.gcd(a, b)
+
+
+class Engine:
+    """One pass over the graph. `dry=True` only plans layouts, restarts and grid sizes (no arithmetic)."""
+
+    def __init__(self, g: GraphModel, rule: Rule | None, device: torch.device, dry: bool,
+                 grids: dict[str, tuple[int, ...]] | None = None, check: Callable[[], None] | None = None,
+                 chunk: int = 1 << 25, circular: bool = False) -> None:
+        self.g = g
+        self.circular = circular  # test mode: every conv is circular on its own map (grid = map size)
+        self.rule = rule
+        self.dev = device
+        self.dry = dry
+        self.grids = grids or {}
+        self.req: dict[str, list[int]] = {}
+        self.lcm: dict[str, list[int]] = {}
+        self.live: dict[str, TS] = {}
+        self.P: dict[tuple[str, str], torch.Tensor] = {}
+        self.stats = Stats()
+        self.nrestart = 0
+        self.act_sizes: list[tuple[str, tuple[int, ...], int, bool]] = []  # (root, r, channels) per activation
+        self.check = check or (lambda: None)
+        self.chunk = chunk
+        cons = g.consumers()
+        order = {n.name: i for i, n in enumerate(g.nodes)}
+        self.last_use = {k: max((order[c] for c in v), default=order[k]) for k, v in cons.items()}
+        self.last_use[g.output] = len(g.nodes)
+        self.cons = cons
+
+    # ---------------------------------------------------------------------------------------------- grids
+    def grid(self, t: TS) -> cn.Grid:
+        if t.point or not t.sdims:
+            return cn.Grid(())
+        if self.dry:
+            return cn.Grid(tuple(max(1, x) for x in t.n))  # placeholder
+        N = self.grids[t.root]
+        return cn.Grid(tuple(N[i] // t.r[i] for i in range(len(t.r))))
+
+    def _need(self, t: TS, need: tuple[int, ...], out_r: tuple[int, ...] | None = None) -> None:
+        if t.point or not t.sdims:
+            return
+        if self.circular:
+            need = t.n
+        req = self.req.setdefault(t.root, [1] * len(t.r))
+        lc = self.lcm.setdefault(t.root, [1] * len(t.r))
+        for i in range(len(t.r)):
+            req[i] = max(req[i], t.r[i] * need[i])
+            lc[i] = _lcm(lc[i], t.r[i])
+            if out_r is not None:
+                lc[i] = _lcm(lc[i], out_r[i])
+
+    def plan_grids(self, extra: int = 0) -> dict[str, tuple[int, ...]]:
+        out = {}
+        for root, req in self.req.items():
+            lc = self.lcm[root]
+            out[root] = tuple(int(math.ceil((q + extra * l) / l) * l) for q, l in zip(req, lc, strict=True))
+        return out
+
+    # ---------------------------------------------------------------------------------------------- storage
+    def getP(self, a: str, b: str) -> torch.Tensor:
+        if (a, b) in self.P:
+            return self.P[(a, b)]
+        if (b, a) in self.P:
+            return self.P[(b, a)].mH
+        # independent after a restart: zero cross storage
+        return torch.zeros(1, self.live[a].c, self.live[b].c, dtype=cn.CDTYPE, device=self.dev)
+
+    def setP(self, a: str, b: str, x: torch.Tensor) -> None:
+        self.P.pop((b, a), None)
+        self.P[(a, b)] = x
+
+    def gridP(self, a: str, b: str) -> cn.Grid:
+        return cn.finer(self.grid(self.live[a]), self.grid(self.live[b]))
+
+    def drop(self, name: str) -> None:
+        self.live.pop(name, None)
+        for k in [k for k in self.P if name in k]:
+            del self.P[k]
+
+    # ---------------------------------------------------------------------------------------------- run
+    def run(self) -> float:
+        g = self.g
+        for i, node in enumerate(g.nodes):
+            self.check()
+            getattr(self, f"_op_{node.op}", self._op_other)(node)
+            for u in set(node.inputs):
+                if self.last_use.get(u, -1) <= i and u != g.output:
+                    self.drop(u)
+            if node.name in self.live and self.last_use.get(node.name, i) <= i and node.name != g.output:
+                self.drop(node.name)
+        if self.dry:
+            return math.nan
+        y = g.output
+        P = self.getP(y, y)
+        return math.sqrt(cn.lmax_upper(P, check_deadline=self.check))
+
+    # ---------------------------------------------------------------------------------------------- ops
+    def _new(self, node: Node, like: TS, **kw: Any) -> TS:
+        t = replace(like, name=node.name, shape=node.shape, **kw)
+        return t
+
+    def push(self, y: TS, terms: list[tuple[str, cn.Symbol | None, float]]) -> None:
+        """Add y = sum_i coef_i A_i u_i to the live set (exact push-forward of the storage)."""
+        if self.dry:
+            self.live[y.name] = y
+            return
+        gy = self.grid(y)
+        others = list(self.live)
+        self.live[y.name] = y
+        sig = []
+        for u, _, _ in terms:
+            gu = self.grid(self.live[u])
+            sig.append(math.sqrt(gu.full / gy.full))
+        for t in others:
+            gt = self.grid(self.live[t])
+            acc = None
+            for (u, A, coef), s in zip(terms, sig, strict=True):
+                gu = self.grid(self.live[u])
+                gut = cn.finer(gu, gt)
+                x = self.getP(u, t)
+                if A is not None:
+                    x = A.on(gut).left(x)
+                x = cn.down(x, gut, cn.finer(gy, gt)) * (coef / s)
+                acc = x if acc is None else _add(acc, x)
+            self.setP(y.name, t, acc)
+        acc = None
+        for (u, A, cu), su in zip(terms, sig, strict=True):
+            for (v, B, cv), sv in zip(terms, sig, strict=True):
+                gu, gv = self.grid(self.live[u]), self.grid(self.live[v])
+                guv = cn.finer(gu, gv)
+                x = self.getP(u, v)
+                if A is not None:
+                    x = A.on(guv).left(x)
+                if B is not None:
+                    x = B.on(guv).right_h(x)
+                x = cn.down(x, guv, gy) * (cu * cv / (su * sv))
+                acc = x if acc is None else _add(acc, x)
+        self.setP(y.name, y.name, _herm(acc))
+        self.stats.flops += _cost(acc)
+
+    def restart(self, node: Node | None, c: float, inputs: list[str], new: TS | None = None) -> None:
+        """Bound the live set isotropically and restart the certificate (see module docstring)."""
+        self.nrestart += 1
+        if node is not None:
+            self.stats.restarts.append(node.name)
+        sigma2 = 0.0
+        if not self.dry:
+            for t in self.live:
+                sigma2 += cn.lmax_upper(self.getP(t, t), check_deadline=self.check)
+        idx = {n.name: i for i, n in enumerate(self.g.nodes)}
+        here = idx[node.name] if node is not None else -1
+        all_die = node is not None and all(self.last_use.get(u, -1) <= here for u in inputs)
+        f = max(1.0, c * c) if all_die else 1.0 + c * c
+        if node is None:
+            f = 1.0
+        survivors = [t for t in self.live if node is None or self.last_use.get(t, -1) > here]
+        newlive = {}
+        for t in survivors:
+            ts = self.live[t]
+            newlive[t] = replace(ts, root=f"{t}@{self.nrestart}", r=(1,) * len(ts.sdims), clean=True)
+        if new is not None:
+            newlive[new.name] = replace(new, root=new.name, r=(1,) * len(new.sdims), clean=True)
+        self.live = newlive
+        self.P = {}
+        for t, ts in newlive.items():
+            if not ts.point and ts.sdims:
+                self._need(ts, ts.n)
+            if not self.dry:
+                self.setP(t, t, (f * sigma2) * torch.eye(ts.c, dtype=cn.CDTYPE, device=self.dev)[None])
+
+    def _restart_node(self, node: Node, c: float, like: TS | None = None, **kw: Any) -> None:
+        u = self.live[node.inputs[0]] if node.inputs else None
+        base = like or u
+        new = _guess_layout(node, self.cons, self.g) if base is None or kw.pop("relayout", False) else replace(
+            base, name=node.name, shape=node.shape, **kw)
+        self.restart(node, c, list(node.inputs), new)
+
+    def _op_input(self, node: Node) -> None:
+        t = _guess_layout(node, self.cons, self.g)
+        t.root = node.name
+        t.r = (1,) * len(t.sdims)
+        self.live[node.name] = t
+        self._need(t, t.n)
+        if not self.dry:
+            self.setP(node.name, node.name, torch.eye(t.c, dtype=cn.CDTYPE, device=self.dev)[None])
+
+    def _op_other(self, node: Node) -> None:
+        raise Refused(f"unsupported operator {node.target} at node {node.name}")
+
+    def _op_unsupported(self, node: Node) -> None:
+        raise Refused(f"unsupported operator {node.target} at node {node.name}: {node.attrs.get('why')}")
+
+    def _op_conv(self, node: Node, w: torch.Tensor | None = None) -> None:
+        a = node.attrs
+        w = a["weight"] if w is None else w
+        u = self.live[node.inputs[0]]
+        d = w.dim() - 2
+        k, s, p, dl = tuple(w.shape[2:]), a["stride"], a["padding"], a["dilation"]
+        groups = a.get("groups", 1)
+        if u.point or not u.sdims:
+            if all(x == 1 for x in node.shape[1:]):
+                tap = tuple(pp // dd if pp % dd == 0 and pp // dd < kk else -1 for pp, dd, kk in zip(p, dl, k,
+                                                                                                    strict=True))
+                co, cig = w.shape[:2]
+                ci = cig * groups
+                K = torch.zeros(co, ci, dtype=torch.float64)
+                if all(t >= 0 for t in tap):
+                    og = co // groups
+                    for gi in range(groups):
+                        K[gi * og:(gi + 1) * og, gi * cig:(gi + 1) * cig] = w[(slice(gi * og, (gi + 1) * og),
+                                                                               slice(None), *tap)]
+                y = TS(node.name, node.shape, 0, u.root, (), u.clean, point=True)
+                A = cn.Symbol(K.to(self.dev, cn.CDTYPE)[None], cn.Grid(()), False, (), co, ci)
+                self.push(y, [(u.name, A, 1.0)])
+                return
+            return self._restart_node(node, _conv_norm_bound(node, w), relayout=True)
+        if u.chan != 0 or len(u.sdims) != d:
+            return self._restart_node(node, _conv_norm_bound(node, w), relayout=True)
+        n_u, n_y = u.n, node.shape[1:]
+        hi = [s[i] * (n_y[i] - 1) + (k[i] - 1) * dl[i] - p[i] for i in range(d)]
+        reads_ext = any(p[i] > 0 or hi[i] >= n_u[i] for i in range(d))
+        if reads_ext and not u.clean and not self.circular:
+            self.restart(None, 1.0, [])
+            for t in self.live.values():
+                t.clean = True
+            u = self.live[node.inputs[0]]
+        point = all(x == 1 for x in n_y)
+        self._need(u, tuple(max(n_u[i] + p[i], hi[i] + 1) for i in range(d)),
+                   None if point else tuple(u.r[i] * s[i] for i in range(d)))
+        clean = u.clean and all(p[i] == 0 and (k[i] - 1) * dl[i] < s[i] and s[i] * n_y[i] >= n_u[i]
+                                for i in range(d))
+        if point:
+            y = TS(node.name, node.shape, 0, u.root, (), clean, point=True)
+        else:
+            y = TS(node.name, node.shape, 0, u.root, tuple(u.r[i] * s[i] for i in range(d)), clean)
+            self._need(y, y.n)
+        if self.dry:
+            self.live[y.name] = y
+            return
+        A = cn.conv_symbol(w, self.grid(u), s, p, dl, groups, self.dev)
+        self.push(y, [(u.name, A, 1.0)])
+
+    def _op_avgpool(self, node: Node) -> None:
+        a = node.attrs
+        u = self.live[node.inputs[0]]
+        k, s, p = a["kernel"], a["stride"], a["padding"]
+        n_u, n_y = node.in_shape[1:], node.shape[1:]
+        floor_out = tuple((n_u[i] + 2 * p[i] - k[i]) // s[i] + 1 for i in range(len(k)))
+        exact = (a["divisor"] is None and (a["count_include_pad"] or all(x == 0 for x in p))
+                 and tuple(n_y) == floor_out and not u.point and u.chan == 0)
+        if not exact:
+            return self._restart_node(node, avgpool_norm_bound(node))
+        c = node.shape[0]
+        w = torch.ones((c, 1, *k), dtype=torch.float64) / float(np.prod(k))
+        fake = Node(node.name, "conv", node.inputs, node.shape,
+                    {"stride": s, "padding": p, "dilation": (1,) * len(k), "groups": c, "in_shape": node.in_shape})
+        self._op_conv(fake, w)
+
+    def _op_gap(self, node: Node) -> None:
+        u = self.live[node.inputs[0]]
+        if node.attrs.get("dims") == "channels":
+            return self._restart_node(node, 1.0 / math.sqrt(node.in_shape[-1 if u.chan else 0]), relayout=True)
+        y = TS(node.name, node.shape, 0, u.root, (), True, point=True)
+        if u.point or not u.sdims:
+            return self.push(y, [(u.name, None, 1.0)])
+        if self.dry:
+            self.live[y.name] = y
+            return
+        gu = self.grid(u)
+        mask = torch.zeros(gu.dims, dtype=torch.float64)
+        mask[tuple(slice(0, x) for x in u.n)] = 1.0
+        mh = torch.fft.rfftn(mask, norm="ortho").reshape(-1)
+        coef = math.sqrt(gu.full) / float(np.prod(u.n))
+        arr = (coef * mh.conj()).to(self.dev, cn.CDTYPE)[:, None].expand(gu.F, u.c).contiguous()
+        A = cn.Symbol(arr, gu, True, gu.dims, u.c, u.c)
+        self.push(y, [(u.name, A, 1.0)])
+
+    def _op_linear(self, node: Node) -> None:
+        u = self.live[node.inputs[0]]
+        w = node.attrs["weight"]
+        last = len(u.shape) - 1
+        if u.point and len(u.shape) == 1 or (not u.point and u.chan == last):
+            y = replace(u, name=node.name, shape=node.shape)
+            if self.dry:
+                self.live[y.name] = y
+                return
+            A = cn.Symbol(w.to(self.dev, cn.CDTYPE)[None], self.grid(u), False, (1,) * len(u.sdims), *w.shape)
+            return self.push(y, [(u.name, A, 1.0)])
+        return self._restart_node(node, cn.spectral_norm_matrix(w), relayout=True)
+
+    def _op_scale(self, node: Node) -> None:
+        u = self.live[node.inputs[0]]
+        sc, cd = node.attrs["scale"], node.attrs["channel_dim"]
+        y = replace(u, name=node.name, shape=node.shape)
+        if cd is None:
+            return self.push(y, [(u.name, None, float(sc))])
+        if cd == u.chan and not u.point or (u.point and len(u.shape) == 1 and cd == 0):
+            if self.dry:
+                self.live[y.name] = y
+                return
+            A = cn.Symbol(sc.to(self.dev, cn.CDTYPE)[None], self.grid(u), True, (1,) * len(u.sdims), u.c, u.c)
+            return self.push(y, [(u.name, A, 1.0)])
+        return self._restart_node(node, float(sc.abs().max()))
+
+    def _op_add(self, node: Node) -> None:
+        a, b = (self.live[i] for i in node.inputs)
+        c1, c2 = node.attrs["coef"]
+        same = (a.point and b.point) or (a.root == b.root and a.r == b.r and a.chan == b.chan and not a.point
+                                         and not b.point)
+        if not same:
+            return self._restart_node(node, math.hypot(c1, c2), like=a)
+        y = replace(a, name=node.name, shape=node.shape, clean=a.clean and b.clean)
+        self.push(y, [(a.name, None, c1), (b.name, None, c2)])
+
+    def _op_cat(self, node: Node) -> None:
+        parts = node.attrs["parts"]
+        dim = node.attrs["dim"] % (len(node.shape) + 1) - 1
+        ts = [self.live[p] for p, _ in parts if p is not None]
+        ok = (len(ts) == len(parts) and all(t.chan == dim and t.root == ts[0].root and t.r == ts[0].r
+                                            and t.point == ts[0].point for t in ts))
+        if not ok or self.dry:
+            if not ok:
+                return self._restart_node(node, 1.0, like=ts[0])
+            self.live[node.name] = replace(ts[0], name=node.name, shape=node.shape,
+                                           clean=all(t.clean for t in ts))
+            return
+        y = replace(ts[0], name=node.name, shape=node.shape, clean=all(t.clean for t in ts))
+        others = list(self.live)
+        gy = self.grid(y)
+        self.live[y.name] = y
+        for t in others:
+            blocks = [self.getP(p.name, t) for p in ts]
+            F = max(x.shape[0] for x in blocks)
+            self.setP(y.name, t, torch.cat([x.expand(F, -1, -1) for x in blocks], dim=1))
+        rows = []
+        for p in ts:
+            blocks = [self.getP(p.name, q.name) for q in ts]
+            rows.append(blocks)
+        F = max(x.shape[0] for r in rows for x in r)
+        del gy
+        self.setP(y.name, y.name, torch.cat([torch.cat([x.expand(F, -1, -1) for x in r], dim=2) for r in rows], 1))
+
+    def _op_maxpool(self, node: Node) -> None:
+        self._restart_node(node, maxpool_lipschitz(node), relayout=False)
+
+    def _op_norm(self, node: Node) -> None:
+        self.stats.vacuous = True
+        self._restart_node(node, node.attrs["lip"])
+
+    def _op_slice(self, node: Node) -> None:
+        self._restart_node(node, 1.0, relayout=True)
+
+    def _op_reshape(self, node: Node) -> None:
+        u = self.live[node.inputs[0]]
+        if u.point or not u.sdims:
+            if len(node.shape) == 1 or int(np.prod(node.shape)) == u.c:
+                y = TS(node.name, node.shape, 0, u.root, (), u.clean, point=True)
+                return self.push(y, [(u.name, None, 1.0)])
+        perm = node.attrs.get("perm")
+        if perm is not None and not u.point:
+            nd = len(u.shape)
+            if perm[0] == "t":
+                pl = list(range(nd + 1))
+                pl[perm[1] % (nd + 1)], pl[perm[2] % (nd + 1)] = pl[perm[2] % (nd + 1)], pl[perm[1] % (nd + 1)]
+            else:
+                pl = [x % (nd + 1) for x in perm]
+            if pl[0] == 0:
+                q = [x - 1 for x in pl[1:]]  # new dim i holds old dim q[i]
+                new_chan = q.index(u.chan)
+                old_sp = [x for x in q if x != u.chan]
+                if old_sp == list(u.sdims):
+                    y = TS(node.name, node.shape, new_chan, u.root, u.r, u.clean)
+                    return self.push(y, [(u.name, None, 1.0)])
+        return self._restart_node(node, 1.0, relayout=True)
+
+    def _op_act(self, node: Node) -> None:
+        act = node.attrs["act"]
+        v = self.live[node.inputs[0]]
+        self.stats.activations += 1
+        a, b = act.alpha, act.beta
+        if a >= 0:
+            self._sector(node.name, node.shape, v, b)
+            return
+        tmp = node.name + "#psi"
+        self._sector(tmp, node.shape, v, b - a)
+        y = replace(v, name=node.name, shape=node.shape, clean=True)
+        self.push(y, [(v.name, None, a), (tmp, None, 1.0)])
+        self.drop(tmp)
+
+    def _sector(self, name: str, shape: tuple[int, ...], v: TS, beta: float) -> None:
+        h = replace(v, name=name, shape=shape, clean=True)
+        if self.dry:
+            self.act_sizes.append((v.root, v.r, v.c, v.point or not v.sdims))
+            self.live[name] = h
+            return
+        gv = self.grid(v)
+        gamma = _herm(self.getP(v.name, v.name) * (beta * beta))
+        lam = self.rule(gamma, gv)
+        lam_t = (torch.as_tensor(lam, dtype=torch.float64, device=self.dev) if not isinstance(lam, float)
+                 else torch.full((v.c,), lam, dtype=torch.float64, device=self.dev))
+        for _ in range(60):
+            L, Linv, margin = _chol_m(gamma, lam_t, self.chunk, self.check)
+            if L is not None:
+                break
+            lam_t = lam_t * 0.5
+            self.stats.backoffs += 1
+        else:
+            raise CertificationError(f"no admissible multiplier at {name}")
+        self.stats.min_margin = min(self.stats.min_margin, margin)
+        lamc = lam_t.to(cn.CDTYPE)
+        others = list(self.live)
+        B = {}
+        for t in others:
+            gt = self.grid(self.live[t])
+            gvt = cn.finer(gv, gt)
+            x = self.getP(v.name, t) * (beta * lamc[:, None])
+            B[t] = (cn.up(Linv, gv, gvt) @ x, gvt)
+        for i, t in enumerate(others):
+            for t2 in others[i:]:
+                (bt, g1), (bt2, g2) = B[t], B[t2]
+                g3 = cn.finer(g1, g2)
+                upd = cn.up(bt, g1, g3).mH @ cn.up(bt2, g2, g3)
+                tgt = cn.finer(self.grid(self.live[t]), self.grid(self.live[t2]))
+                upd = cn.down(upd, g3, tgt)
+                cur = self.getP(t, t2)
+                self.setP(t, t2, _herm(_add(cur, upd)) if t == t2 else _add(cur, upd))
+        self.live[name] = h
+        for t in others:
+            bt, gvt = B[t]
+            self.setP(t, name, bt.mH @ cn.up(Linv, gv, gvt))
+        self.setP(name, name, _herm(Linv.mH @ Linv))
+        self.stats.flops += _cost(gamma) * (2 + len(others))
+
+
+# -------------------------------------------------------------------------------------------------------------
+def _add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return a + b
+
+
+def _herm(x: torch.Tensor) -> torch.Tensor:
+    return (x + x.mH) * 0.5
+
+
+def _cost(x: torch.Tensor) -> float:
+    return float(x.shape[0]) * float(x.shape[-1]) ** 3
+
+
+def _chol_m(gamma: torch.Tensor, lam: torch.Tensor, chunk: int,
+            check: Callable[[], None]) -> tuple[torch.Tensor | None, torch.Tensor | None, float]:
+    """Cholesky of M = 2 Lambda - Lambda Gamma Lambda at every frequency, and L^{-1}. None if not PD."""
+    F, c, _ = gamma.shape
+    lamc = lam.to(gamma.dtype)
+    eye = torch.eye(c, dtype=gamma.dtype, device=gamma.device)
+    step = max(1, min(F, chunk // max(1, c * c)))
+    Ls, Linvs = [], []
+    margin = math.inf
+    for i in range(0, F, step):
+        gi = gamma[i:i + step]
+        M = 2 * torch.diag_embed(lamc).expand(gi.shape[0], c, c) - lamc[:, None] * gi * lamc[None, :]
+        L, info = torch.linalg.cholesky_ex(M)
+        if bool((info != 0).any()):
+            return None, None, 0.0
+        dmin = float(L.diagonal(dim1=-2, dim2=-1).real.min()) ** 2
+        dmax = float(M.diagonal(dim1=-2, dim2=-1).real.max())
+        if dmin <= 1e-13 * dmax:  # too close to singular to trust in float64
+            return None, None, 0.0
+        margin = min(margin, dmin / dmax)
+        Linvs.append(torch.linalg.solve_triangular(L, eye.expand(gi.shape[0], c, c), upper=False))
+        Ls.append(L)
+        check()
+    return torch.cat(Ls), torch.cat(Linvs), margin
+
+
+def _guess_layout(node: Node, cons: dict[str, list[str]], g: GraphModel) -> TS:
+    shape = node.shape
+    if len(shape) <= 1:
+        return TS(node.name, shape, 0, node.name, (), True, point=True)
+    ops = {g.node(c).op for c in cons.get(node.name, [])}
+    targets = [g.node(c) for c in cons.get(node.name, [])]
+    chan = 0
+    if "linear" in ops or any(t.op == "scale" and t.attrs.get("channel_dim") == len(shape) - 1 for t in targets):
+        chan = len(shape) - 1
+    t = TS(node.name, shape, chan, node.name, (), True)
+    t.r = (1,) * len(t.sdims)
+    return t
+
+
+# -------------------------------------------------------------------------------------------------------------
+# norms used by restarts and by the naive bound
+# -------------------------------------------------------------------------------------------------------------
+def maxpool_lipschitz(node: Node) -> float:
+    """sqrt(max number of windows an input pixel belongs to) = sqrt(prod ceil(span/s)) (tight: spike input)."""
+    a = node.attrs
+    m = 1
+    for k, s, d in zip(a["kernel"], a["stride"], a["dilation"], strict=True):
+        m *= min(k, math.ceil(((k - 1) * d + 1) / s)) if d > 1 else math.ceil(k / s)
+    return math.sqrt(m)
+
+
+def avgpool_norm_bound(node: Node) -> float:
+    """Schur test: ||box sum|| <= sqrt(prod k * prod ceil(k/s)); divided by the smallest divisor used."""
+    a = node.attrs
+    k, s, p = a["kernel"], a["stride"], a["padding"]
+    n_in, n_out = node.in_shape[1:], node.shape[1:]
+    if a["divisor"]:
+        mind = float(a["divisor"])
+    elif a["count_include_pad"]:
+        mind = 1.0
+        for i in range(len(k)):  # windows may still be clipped at the far end (ceil_mode)
+            mind *= min(min(k[i], n_in[i] + 2 * p[i] - s[i] * o) for o in range(n_out[i]))
+    else:
+        mind = 1.0
+        for i in range(len(k)):
+            mind *= min(min(s[i] * o - p[i] + k[i], n_in[i]) - max(s[i] * o - p[i], 0) for o in range(n_out[i]))
+    box = math.sqrt(float(np.prod(k)) * float(np.prod([math.ceil(kk / ss) for kk, ss in zip(k, s, strict=True)])))
+    return box / max(mind, 1.0)
+
+
+def _conv_norm_bound(node: Node, w: torch.Tensor) -> float:
+    from .graph_bounds import conv_norm
+
+    return conv_norm(node, w)
+
+
+def plan(g: GraphModel, device: torch.device, extra: int = 0, circular: bool = False
+         ) -> tuple[dict[str, tuple[int, ...]], float]:
+    """Dry run: grid sizes per root and the cost estimate (sum over activations of F * c^3, complex flops)."""
+    e = Engine(g, None, device, dry=True, circular=circular)
+    e.run()
+    grids = e.plan_grids(extra)
+    cost = 0.0
+    for root, r, c, point in e.act_sizes:
+        F = 1 if point else cn.Grid(tuple(N // x for N, x in zip(grids[root], r, strict=True))).F
+        cost += F * float(c) ** 3
+    return grids, cost
+
+
+def run_recursion(g: GraphModel, rule: Rule, device: torch.device, check: Callable[[], None] | None = None,
+                  extra: int = 0, chunk: int = 1 << 25, circular: bool = False) -> tuple[float, dict[str, Any]]:
+    """Bound Lip(g) with the storage recursion under a multiplier rule. Returns (value, diagnostics).
+
+    `circular=True` (tests only) bounds the network with circular instead of zero padding, exactly.
+    """
+    grids, _ = plan(g, device, extra, circular)
+    e = Engine(g, rule, device, dry=False, grids=grids, check=check, chunk=chunk, circular=circular)
+    val = e.run()
+    st = e.stats
+    return val, {"restarts": st.restarts, "activations": st.activations, "backoffs": st.backoffs,
+                 "grids": {k: list(v) for k, v in grids.items()}, "min_margin": st.min_margin,
+                 "vacuous": st.vacuous}

@@ -1,0 +1,295 @@
+"""Upper-bound variants for traced models (GraphModel): naive, ECLipsE-Fast and the Syed-Hu family.
+
+* naive: per-node Lipschitz constants propagated through the DAG (product along chains, sum over residual
+  additions, root-sum-square over concatenations); convolution norms certified on the lifted FFT symbol.
+* the recursion family: lipcore.fourier's storage propagation with one multiplier per channel, under the
+  rule of each member (scalar: ECLipsE-Fast = SN(1), sh-spectral = SN(c); diagonal: Gershgorin, shift).
+  sh-combined is the minimum over the members and naive, so sh-combined <= eclipse-fast <= naive holds.
+
+Each value is certified: Cholesky checks of every per-frequency M block, lambda_max bounds certified by
+Cholesky, never power iteration alone. The Syed-Hu rules are reconstructed (MATH.md section 0).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import convnorm as cn
+from . import fourier
+from .errors import Refused
+from .graph import GraphModel, Node
+from .variants import Context
+
+# complex flops per second of the batched per-frequency linear algebra (for the cost guard; measured roughly)
+_RATE = {"cpu": 1.5e9, "cuda": 2e11}
+DEFAULT_MAX_EST_S = {"cpu": 900.0, "cuda": 1800.0}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# naive
+# ---------------------------------------------------------------------------------------------------------
+def conv_norm(node: Node, w: torch.Tensor | None = None, device: torch.device | None = None) -> float:
+    """Certified spectral norm of the zero-padded conv (lifted circular symbol, aliasing sum for stride)."""
+    a = node.attrs
+    w = a["weight"] if w is None else w
+    dev = device or torch.device("cpu")
+    k, s, p, dl = tuple(w.shape[2:]), a["stride"], a["padding"], a["dilation"]
+    groups = a.get("groups", 1)
+    n_in = node.in_shape[1:]
+    n_out = node.shape[1:]
+    d = len(k)
+    if len(n_in) != d:  # a conv on a 1x1 "point": only the centre tap acts
+        return float("nan")
+    need = [max(n_in[i] + p[i], s[i] * (n_out[i] - 1) + (k[i] - 1) * dl[i] - p[i] + 1) for i in range(d)]
+    N = tuple(int(math.ceil(need[i] / s[i]) * s[i]) for i in range(d))
+    g = cn.Grid(N)
+    sym = cn.conv_symbol(w, g, s, p, dl, groups, dev)
+    point = all(x == 1 for x in n_out)
+    gy = cn.Grid(()) if point else cn.Grid(tuple(N[i] // s[i] for i in range(d)))
+    S = g.full / gy.full
+    if sym.diag:
+        x = (sym.arr.abs() ** 2)[..., None, :]  # (F, 1, c): diagonal blocks as a batch of 1x1 "matrices"
+        x = cn.down(x.transpose(1, 2), g, gy) / S  # (Fy, c, 1)
+        return math.sqrt(float(x.real.max()) * (1 + 1e-12))
+    arr = sym.arr
+    if S == 1 and arr.shape[2] < arr.shape[1]:
+        gram = arr.mH @ arr
+    else:
+        gram = cn.down(arr @ arr.mH, g, gy) / S
+    return math.sqrt(cn.lmax_upper((gram + gram.mH) / 2))
+
+
+def _node_lip(node: Node, memo: dict[str, float], dev: torch.device) -> float:
+    op = node.op
+    a = node.attrs
+    if op == "conv":
+        key = "conv:" + node.name
+        if key not in memo:
+            v = conv_norm(node, device=dev)
+            if math.isnan(v):  # 1x1 spatial input: a dense matrix of the centre taps (upper-bounded by all taps)
+                w = a["weight"]
+                v = cn.spectral_norm_matrix(w.reshape(w.shape[0], -1)) * math.sqrt(a.get("groups", 1))
+            memo[key] = v
+        return memo[key]
+    if op == "linear":
+        key = "lin:" + node.name
+        if key not in memo:
+            memo[key] = cn.spectral_norm_matrix(a["weight"])
+        return memo[key]
+    if op == "scale":
+        return float(torch.as_tensor(a["scale"]).abs().max())
+    if op == "act":
+        return a["act"].gain
+    if op == "maxpool":
+        return fourier.maxpool_lipschitz(node)
+    if op == "avgpool":
+        return fourier.avgpool_norm_bound(node)
+    if op == "gap":
+        if a.get("dims") == "channels":
+            return 1.0 / math.sqrt(node.in_shape[-1])
+        n_in = node.in_shape
+        if a.get("dims") == "tokens":
+            return 1.0 / math.sqrt(n_in[0])
+        return 1.0 / math.sqrt(float(np.prod(n_in[1:])))
+    if op in ("reshape", "slice"):
+        return 1.0
+    if op == "norm":
+        return a["lip"]
+    raise Refused(f"no Lipschitz rule for {node.target} at node {node.name}")
+
+
+def naive_value(g: GraphModel, ctx: Context) -> tuple[float, bool]:
+    memo = ctx.memo.setdefault(("graph-norms", id(g)), {})
+    L: dict[str, float] = {}
+    vacuous = False
+    for n in g.nodes:
+        ctx.check_deadline()
+        if n.op == "input":
+            L[n.name] = 1.0
+        elif n.op == "add":
+            c1, c2 = n.attrs["coef"]
+            L[n.name] = abs(c1) * L[n.inputs[0]] + abs(c2) * L[n.inputs[1]]
+        elif n.op == "cat":
+            L[n.name] = math.sqrt(sum(L[i] ** 2 for i in n.inputs))
+        elif n.op == "unsupported":
+            raise Refused(f"unsupported operator {n.target} at node {n.name}: {n.attrs['why']}")
+        else:
+            vacuous |= n.op == "norm"
+            L[n.name] = _node_lip(n, memo, ctx.device) * L[n.inputs[0]]
+    return L[g.output], vacuous
+
+
+def naive(g: GraphModel, ctx: Context) -> tuple[float, dict[str, Any]]:
+    g.require_supported()
+    key = ("graph-naive", id(g))
+    if key not in ctx.memo:
+        ctx.memo[key] = naive_value(g, ctx)
+    v, vac = ctx.memo[key]
+    return v, {"method": "product of certified per-operator norms over the graph", "vacuous": vac}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# multiplier rules (on Gamma blocks (F|1, c, c) over a grid)
+# ---------------------------------------------------------------------------------------------------------
+def rule_spectral(c: float) -> fourier.Rule:
+    def rule(gamma: torch.Tensor, grid: cn.Grid) -> float:
+        return c / cn.lmax_upper(gamma)
+    return rule
+
+
+def _spatial_kernel(gamma: torch.Tensor, grid: cn.Grid) -> torch.Tensor:
+    """Entries of the block-circulant matrix: (c, c, *dims) real, from the half-spectrum symbol."""
+    c = gamma.shape[-1]
+    if gamma.shape[0] == 1 or not grid.dims:
+        return gamma[0].real[..., None]
+    x = gamma.permute(1, 2, 0).reshape(c, c, *grid.half)
+    return torch.fft.irfftn(x, s=grid.dims, dim=tuple(range(-len(grid.dims), 0)), norm="backward").reshape(c, c, -1)
+
+
+def rule_gershgorin(c: float) -> fourier.Rule:
+    def rule(gamma: torch.Tensor, grid: cn.Grid) -> torch.Tensor:
+        k = _spatial_kernel(gamma, grid)
+        r = k.abs().sum(dim=(1, 2))
+        r = r.clamp_min(1e-12 * float(r.max()))
+        return c / r
+    return rule
+
+
+def rule_shift(c: float) -> fourier.Rule:
+    def rule(gamma: torch.Tensor, grid: cn.Grid) -> torch.Tensor:
+        dg = gamma.diagonal(dim1=-2, dim2=-1).real  # (F, c)
+        if gamma.shape[0] == 1 or not grid.dims:
+            T = dg[0] / 2
+        else:  # spatial diagonal = mean over the full grid of the symbol's diagonal
+            T = cn.down(dg.to(cn.CDTYPE)[:, :, None], grid, cn.Grid(())).real[0, :, 0] / (2 * grid.full)
+        mu = float(T.max())
+        off = gamma / 2 - torch.diag_embed(T.to(gamma.dtype)) + mu * torch.eye(gamma.shape[-1], dtype=gamma.dtype,
+                                                                                 device=gamma.device)
+        s = max(cn.lmax_upper((off + off.mH) / 2) - mu, 1e-12 * mu)
+        return 1.0 / (T + c * s)
+    return rule
+
+
+# ---------------------------------------------------------------------------------------------------------
+# variants
+# ---------------------------------------------------------------------------------------------------------
+def _guard_cost(g: GraphModel, ctx: Context, variant: str, runs: int = 1) -> None:
+    key = ("graph-plan", id(g))
+    if key not in ctx.memo:
+        ctx.memo[key] = fourier.plan(g, ctx.device, int(ctx.opt(variant, "grid_extra", 0)))
+    _, cost = ctx.memo[key]
+    dev = ctx.device.type
+    est = runs * cost * 8 / _RATE.get(dev, _RATE["cpu"])
+    cap = float(ctx.opt(variant, "max_est_s", DEFAULT_MAX_EST_S.get(dev, 900.0)))
+    left = ctx.time_left()
+    if est > cap or (left is not None and est > left):
+        raise Refused(f"{variant} on {g.name} needs about {cost * 8 * runs / 1e12:.1f} TFLOP (~{est:.0f} s on "
+                      f"{dev}, cap {cap:.0f} s); use naive here or run on a GPU (--device cuda)")
+
+
+def _run(g: GraphModel, ctx: Context, variant: str, name: str, rule: fourier.Rule) -> tuple[float, dict[str, Any]]:
+    key = ("graph-run", id(g), name)
+    if key in ctx.memo:
+        return ctx.memo[key]
+    t0 = time.perf_counter()
+    val, info = fourier.run_recursion(g, rule, ctx.device, check=ctx.check_deadline,
+                                      extra=int(ctx.opt(variant, "grid_extra", 0)),
+                                      chunk=int(ctx.opt(variant, "chunk", 1 << 25)))
+    info["seconds"] = time.perf_counter() - t0
+    ctx.memo[key] = (val, info)
+    return val, info
+
+
+def _finish(g: GraphModel, ctx: Context, val: float, params: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+    nv, p = naive(g, ctx)
+    vac = bool(p["vacuous"])
+    params["naive"] = nv
+    if nv < val:
+        params["recursion_value"] = val
+        params["capped_by"] = "naive"
+        val = nv
+    params["vacuous"] = vac or bool(params.pop("vacuous", False))
+    return val, params
+
+
+def eclipse_fast(g: GraphModel, ctx: Context) -> tuple[float, dict[str, Any]]:
+    g.require_supported()
+    _guard_cost(g, ctx, "eclipse-fast")
+    val, info = _run(g, ctx, "eclipse-fast", "sn1", rule_spectral(1.0))
+    params = {"rule": "scalar Lambda = 1/lambda_max(Gamma) per activation (certified)", **_clean(info)}
+    return _finish(g, ctx, val, params)
+
+
+def _member(g: GraphModel, ctx: Context, variant: str, tag: str, make: Any, grid: tuple[float, ...]
+            ) -> tuple[float, dict[str, Any]]:
+    g.require_supported()
+    cs = tuple(float(c) for c in ctx.opt(variant, "c_grid", grid))
+    _guard_cost(g, ctx, variant, runs=len(cs))
+    best, best_c, best_info, per_c = math.inf, None, {}, {}
+    for c in cs:
+        try:
+            v, info = _run(g, ctx, variant, f"{tag}{c:g}", make(c))
+        except Exception as e:  # noqa: BLE001 - a member that cannot certify at one c just loses that c
+            if isinstance(e, Refused | TimeoutError) or type(e).__name__ == "BudgetExceeded":
+                raise
+            per_c[f"{c:g}"] = f"{type(e).__name__}: {e}"
+            continue
+        per_c[f"{c:g}"] = v
+        if v < best:
+            best, best_c, best_info = v, c, info
+    if best_c is None:
+        raise fourier.CertificationError(f"{variant}: no c in {cs} certified ({per_c})")
+    params = {"c": best_c, "per_c": per_c, **_clean(best_info)}
+    return _finish(g, ctx, best, params)
+
+
+def sh_spectral(g: GraphModel, ctx: Context) -> tuple[float, dict[str, Any]]:
+    return _member(g, ctx, "sh-spectral", "sn", rule_spectral, (1.5,))
+
+
+def sh_gershgorin(g: GraphModel, ctx: Context) -> tuple[float, dict[str, Any]]:
+    return _member(g, ctx, "sh-gershgorin", "gc", rule_gershgorin, (1.0, 1.7))
+
+
+def sh_shift(g: GraphModel, ctx: Context) -> tuple[float, dict[str, Any]]:
+    return _member(g, ctx, "sh-shift", "shift", rule_shift, (1.5,))
+
+
+def sh_combined(g: GraphModel, ctx: Context) -> tuple[float, dict[str, Any]]:
+    """min over eclipse-fast, the members (their c grids) and naive: each is certified, so is the minimum."""
+    g.require_supported()
+    cands: dict[str, float] = {}
+    errors: dict[str, str] = {}
+    vac = False
+    for vid, fn in (("naive", naive), ("eclipse-fast", eclipse_fast), ("sh-spectral", sh_spectral),
+                    ("sh-gershgorin", sh_gershgorin), ("sh-shift", sh_shift)):
+        try:
+            v, p = fn(g, ctx)
+            cands[vid] = v
+            vac |= bool(p.get("vacuous"))
+        except Refused as e:
+            errors[vid] = str(e)
+            if vid in ("naive", "eclipse-fast"):
+                if vid == "naive":
+                    raise
+    if "eclipse-fast" not in cands:
+        raise Refused(f"sh-combined needs eclipse-fast: {errors.get('eclipse-fast')}")
+    best = min(cands, key=cands.get)  # type: ignore[arg-type]
+    return cands[best], {"best": best, "candidates": cands, "skipped": errors, "vacuous": vac}
+
+
+def optimized(g: GraphModel, ctx: Context) -> tuple[float, dict[str, Any]]:
+    g.require_supported()
+    raise Refused("optimized is not yet available for graph models; use sh-combined")
+
+
+def _clean(info: dict[str, Any]) -> dict[str, Any]:
+    out = dict(info)
+    out["restarts"] = len(info.get("restarts", []))
+    out["restart_nodes"] = list(info.get("restarts", []))[:20]
+    return out
