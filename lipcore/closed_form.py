@@ -47,12 +47,19 @@ def naive(net: MLP, ctx: Context) -> tuple[float, dict[str, Any]]:
     return ctx.memo["naive"][0], {"log_value": float(f"{ctx.memo['naive'][1]:.6g}")}
 
 
+def _neg_modes(net: MLP) -> list[str]:
+    """αβ < 0 has two valid ways to pick Λ (recursion.Recursion.mode); neither dominates, so run both."""
+    return ["schur", "backtrack"] if any(a.p < 0 for a in net.activations) else ["schur"]
+
+
 def _fast_traj(net: MLP, ctx: Context) -> Trajectory:
     t = _memo(ctx).get("eclipse-fast")
     if t is None:
-        # p dropped for αβ ≥ 0 exactly as the eclipse-nn package does; αβ < 0 (which the package refuses) uses the
-        # Schur form with the p-term (recursion module docstring)
-        t = _store(ctx, "eclipse-fast", run_rule(net, SN1, device=ctx.device, keep_p=False, check=ctx.check_deadline))
+        # p dropped for αβ ≥ 0 exactly as the eclipse-nn package does; for αβ < 0 (which the package refuses) the
+        # p-term is kept and the better of the Schur form and backtracking is reported
+        runs = [run_rule(net, SN1, device=ctx.device, keep_p=False, check=ctx.check_deadline, neg_mode=mode)
+                for mode in _neg_modes(net)]
+        t = _store(ctx, "eclipse-fast", min(runs, key=lambda r: r.value))
     return t
 
 
@@ -72,15 +79,15 @@ def _member(net: MLP, ctx: Context, variant: str, kind: str, default: tuple[floa
     keep_p = bool(ctx.opt(variant, "keep_p", True))
     best: tuple[float, float, Trajectory] | None = None
     failures = []
-    for c in _grid(ctx, variant, default):
+    for c, mode in [(c, mode) for c in _grid(ctx, variant, default) for mode in _neg_modes(net)]:
         rule = Rule(kind, c, shift_variant)
         rule.validate()
-        key = f"{variant}:{rule.name}:{'p' if keep_p else 'nop'}"
+        key = f"{variant}:{rule.name}:{'p' if keep_p else 'nop'}" + ("" if mode == "schur" else ":bt")
         traj = _memo(ctx).get(key)
         if traj is None:
             try:
                 traj = _store(ctx, key, run_rule(net, rule, device=ctx.device, keep_p=keep_p,
-                                                 check=ctx.check_deadline))
+                                                 check=ctx.check_deadline, neg_mode=mode))
             except CertificationError as e:
                 failures.append(f"c={c:g}: {e}")
                 continue

@@ -39,7 +39,7 @@ from .network import MLP
 
 EPS = float(np.finfo(np.float64).eps)
 LANCZOS_MIN_N = 256  # below this, dense eigvalsh is as fast as Lanczos with its Python overhead
-MAX_BACKTRACK = 60
+MAX_BACKTRACK = 100
 
 
 def tau(n: int) -> float:
@@ -289,7 +289,10 @@ class Recursion:
     """The state machine M_0 = I → M_1 → … → M_{L-1} → L̂, in normalised units with a log-scale accumulator."""
 
     def __init__(self, net: MLP, device: torch.device | str = "cpu", keep_p: bool = True,
-                 check: Callable[[], None] | None = None) -> None:
+                 check: Callable[[], None] | None = None, neg_mode: str = "schur") -> None:
+        if neg_mode not in ("schur", "backtrack"):
+            raise ValueError(f"neg_mode must be 'schur' or 'backtrack', got {neg_mode!r}")
+        self.neg_mode = neg_mode
         self.net = net
         self.device = torch.device(device)
         self.W = [torch.as_tensor(w, dtype=torch.float64, device=self.device) for w in net.weights]
@@ -306,7 +309,9 @@ class Recursion:
 
     # -- per layer ---------------------------------------------------------------------------------------------
     def mode(self, k: int) -> str:
-        return "drop" if self.slopes[k].p >= 0 else "schur"
+        """drop: rule on (α+β)²WM⁻¹Wᵀ (p ≥ 0); schur: rule on (β−α)²WM⁻¹Wᵀ (admissible for any p);
+        backtrack (αβ < 0 only): rule on (α+β)²WM⁻¹Wᵀ, then Λ ← 0.7Λ until S and M certify (MATH §5)."""
+        return "drop" if self.slopes[k].p >= 0 else self.neg_mode
 
     def gram(self, k: int, coef: float, R: torch.Tensor | None = None, normalise: bool = False
              ) -> tuple[torch.Tensor, float]:
@@ -327,7 +332,7 @@ class Recursion:
         """The normalised Γ̂_k the rules see (max diagonal 1) and its normalisation d."""
         k = self.k
         s = self.slopes[k]
-        coef = (s.alpha + s.beta) ** 2 if self.mode(k) == "drop" else (s.beta - s.alpha) ** 2
+        coef = (s.beta - s.alpha) ** 2 if self.mode(k) == "schur" else (s.alpha + s.beta) ** 2
         return self.gram(k, coef, normalise=True)
 
     @property
@@ -351,7 +356,7 @@ class Recursion:
             smat = sym(self.M + (2 * s.p / d) * (w.T * lam[None, :]) @ w)
             _, rs = checked_cholesky(smat, f"S_{k} (layer {k + 1})")
             gs, _ = self.gram(k, 4 * s.m ** 2 / d, R=rs)
-        elif self.mode(k) == "drop":
+        elif self.mode(k) == "drop" or s.p == 0:
             gs = g
         else:
             raise CertificationError(f"layer {k + 1}: αβ < 0 requires the p-term")
@@ -377,7 +382,8 @@ class Recursion:
                 mr = self.finish(lam, g, d)
                 break
             except CertificationError:
-                lam = 0.5 * lam  # always admissible in the limit: 2Λ^{-1} − Γ̂ grows as Λ shrinks
+                # always admissible in the limit: S → M ≻ 0 and 2Λ^{-1} − Γ̂ grows as Λ shrinks
+                lam = (0.7 if self.mode(self.k) == "backtrack" else 0.5) * lam
                 self.traj.backtracks += 1
         else:
             raise CertificationError(f"layer {self.k + 1}: no admissible multiplier after backtracking")
@@ -421,11 +427,11 @@ def _zero_traj(net: MLP) -> Trajectory:
 
 
 def run_rule(net: MLP, rule: Rule | Sequence[Rule], *, device: torch.device | str = "cpu", keep_p: bool = True,
-             check: Callable[[], None] | None = None) -> Trajectory:
+             check: Callable[[], None] | None = None, neg_mode: str = "schur") -> Trajectory:
     """One certified trajectory with a fixed rule (or one rule per hidden layer)."""
     if _zero_layer(net):
         return _zero_traj(net)
-    rec = Recursion(net, device, keep_p=keep_p, check=check)
+    rec = Recursion(net, device, keep_p=keep_p, check=check, neg_mode=neg_mode)
     rules = [rule] * rec.hidden if isinstance(rule, Rule) else list(rule)
     for r in rules:
         r.validate()
