@@ -91,7 +91,9 @@ def test_prefect_yaml_names_real_flows_and_the_process_pool():
         mod, _, fn = d["entrypoint"].rpartition(".")  # module paths: workers need the package, not a checkout
         assert getattr(importlib.import_module(mod), fn).name == flows_of[name], d["entrypoint"]
         assert d["work_pool"]["name"] == "lipzoo-gpu"
-        assert "CUDA_VISIBLE_DEVICES" in d["work_pool"]["job_variables"]["env"]
+        # workers pin their GPU; the deployment must not override it for all of them
+        assert "CUDA_VISIBLE_DEVICES" not in d["work_pool"]["job_variables"]["env"]
+        assert d["work_pool"]["job_variables"]["env"]["LIPZOO_GPU_SLOTS"] == "1"
     (trig,) = deps["on-checkpoint"]["triggers"]
     assert trig["expect"] == [EVENT]
     assert {k: v for k, v in trig["parameters"].items() if k in TRIGGER_PARAMETERS} == TRIGGER_PARAMETERS
