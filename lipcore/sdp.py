@@ -237,6 +237,8 @@ def _lipsdp(net: MLP, ctx: Context, variant: str, per_neuron: bool) -> tuple[flo
     Z = cp.bmat(blocks)
     prob = cp.Problem(cp.Minimize(rho), [0.5 * (Z + Z.T) >> 0])
     solver, status = _solve(cp, prob, ctx, variant)
+    if rho.value is None or any(t.value is None for t in ts):
+        raise CertificationError(f"{solver} stopped ({status}) without a solution")
     rho_b = float(rho.value)
     if not (rho_b > 0 and math.isfinite(rho_b)):
         raise CertificationError(f"solver returned rho = {rho_b}")
@@ -316,6 +318,8 @@ def eclipse(net: MLP, ctx: Context) -> tuple[float, dict[str, Any]]:
         solver, status = _solve(cp, prob, ctx, v)
         solvers.add(solver)
         statuses.add(status)
+        if lam.value is None:
+            raise CertificationError(f"ECLipsE layer {k + 1}: {solver} stopped ({status}) without a solution")
         lv = np.asarray(lam.value, dtype=np.float64).reshape(-1)
         top_l = float(np.max(lv)) if lv.size and np.all(np.isfinite(lv)) else 0.0
         if not top_l > 0:
