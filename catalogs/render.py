@@ -74,32 +74,61 @@ def _machine(v: Any, key: str = "") -> Any:
     return v
 
 
+def _keys(rows: list[dict[str, Any]]) -> list[str]:
+    keys: list[str] = []
+    seen: set[str] = set()
+    for r in rows:
+        for k in r:
+            if k not in seen:
+                seen.add(k)
+                keys.append(k)
+    return keys
+
+
+def _column_converter(rows: list[dict[str, Any]], key: str, for_csv: bool) -> Any:
+    """One converter per column, picked from its first non-NULL value (columns are homogeneous)."""
+    sample = next((r[key] for r in rows if r.get(key) is not None), None)
+    if isinstance(sample, bool):
+        return (lambda v: "true" if v else "false") if for_csv else None
+    if isinstance(sample, float):
+        if for_csv:
+            return lambda v: repr(v) if math.isfinite(v) else ""
+        return lambda v: v if math.isfinite(v) else None
+    if isinstance(sample, datetime | date):
+        return _iso
+    if isinstance(sample, str) and key not in _JSON_KEYS:
+        return None
+    if isinstance(sample, int):
+        return str if for_csv else None
+    if for_csv:
+        return lambda v: (json.dumps(m) if isinstance(m := _machine(v, key), dict | list) else str(m))
+    return lambda v: _machine(v, key)
+
+
 def to_json(rows: list[dict[str, Any]]) -> str:
-    return json.dumps([{k: _machine(v, k) for k, v in r.items()} for r in rows], indent=2)
+    """A JSON array, one object per line (C encoder: fast for 10k-row leaderboards)."""
+    keys = _keys(rows)
+    conv = {k: _column_converter(rows, k, for_csv=False) for k in keys}
+    out = []
+    for r in rows:
+        obj = {}
+        for k in keys:
+            v = r.get(k)
+            f = conv[k]
+            obj[k] = f(v) if (f is not None and v is not None) else v
+        out.append(json.dumps(obj, allow_nan=False))
+    return "[\n" + ",\n".join(out) + "\n]" if out else "[]"
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
-    keys: list[str] = []
-    for r in rows:
-        keys.extend(k for k in r if k not in keys)
+    keys = _keys(rows)
+    conv = [_column_converter(rows, k, for_csv=True) for k in keys]
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(keys)
     for r in rows:
-        out = []
-        for k in keys:
-            v = _machine(r.get(k), k)
-            if v is None:
-                out.append("")
-            elif isinstance(v, bool):
-                out.append("true" if v else "false")
-            elif isinstance(v, float):
-                out.append(repr(v))
-            elif isinstance(v, dict | list):
-                out.append(json.dumps(v))
-            else:
-                out.append(str(v))
-        w.writerow(out)
+        w.writerow(["" if (v := r.get(k)) is None else (v if f is None else f(v)) for k, f in zip(keys, conv,
+                                                                                                  strict=True)])
     return buf.getvalue()
 
 
