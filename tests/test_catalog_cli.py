@@ -187,3 +187,12 @@ def test_leaderboard_command_does_not_import_torch(zoo):
                        capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines()[1].startswith("1,hf:org/alpha,")
+
+
+def test_show_leaderboard_helper_for_audit(zoo, capsys):
+    from flows.cli.catalog import show_leaderboard
+
+    cat, _, _ = zoo
+    assert show_leaderboard(cat.path, top=1, fmt="csv") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[1].startswith("1,hf:org/alpha,hf,org/alpha,r1,2e-05,eclipse-fast,")

@@ -347,3 +347,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         for name, info in out.items():
             print(f"{name:<12} {info['rows']:>9} rows  {info['path']}")
     return 0
+
+
+def show_leaderboard(catalog: str | Path | None = None, top: int | None = 20, fmt: str = "table",
+                     hub: str | None = None, variant: str | None = None, wide: bool = False) -> int:
+    """Print the leaderboard exactly as `lipzoo leaderboard` does (for `lipzoo audit` to call at its end)."""
+    args = argparse.Namespace(catalog=str(catalog) if catalog else None, top=top, format=fmt, hub=hub,
+                              variant=variant, wide=wide)
+    return cmd_leaderboard(args)
