@@ -235,7 +235,7 @@ class Rule:
         else:
             lo, hi = cache.off_extremes
             s = max(-lo, hi) if self.variant == "norm" else hi
-        s = max(s, 1e-4)  # Γ̂ (nearly) diagonal: keep a margin the certificate can still see after rounding
+        s = max(s, 1e-2)  # Γ̂ (nearly) diagonal: keep a margin that survives rounding of the multipliers
         inv = 0.5 * diag + self.c * s
         return 1.0 / inv, float(2 * (self.c - 1) * s / (2 * float(inv.max())))
 
