@@ -99,9 +99,9 @@ def optimized(net: MLP, ctx: Context) -> tuple[float, dict[str, Any]]:
         return warm.value, {"warm_start": warm_name, "steps": 0}
     max_steps = int(ctx.opt("optimized", "steps", 2000))
     lr = float(ctx.opt("optimized", "lr", 0.05))
-    tol = float(ctx.opt("optimized", "rtol", 1e-6))  # relative improvement of L̂ that counts as progress
-    patience = int(ctx.opt("optimized", "patience", 40))  # steps without progress before the step size halves
-    max_halvings = int(ctx.opt("optimized", "halvings", 7))
+    tol = float(ctx.opt("optimized", "rtol", 1e-5))  # relative improvement of L̂ that counts as progress
+    patience = int(ctx.opt("optimized", "patience", 30))  # steps without progress before the step size halves
+    max_halvings = int(ctx.opt("optimized", "halvings", 6))
     max_seconds = ctx.opt("optimized", "max_seconds", 120.0)
 
     fwd = _Forward(net, ctx.device)
