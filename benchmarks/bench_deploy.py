@@ -134,7 +134,8 @@ def wait_ready(api: str, serve: subprocess.Popen[Any], timeout: float) -> None:
     raise TimeoutError(f"lipzoo serve was not ready within {timeout:.0f} s")
 
 
-def run(workdir: Path, watcher: bool = False, timeout: float = 240.0) -> dict[str, Any]:
+def run(workdir: Path, watcher: bool = False, timeout: float = 240.0, api: str | None = None) -> dict[str, Any]:
+    """`api`: serve against this existing server (e.g. one backed by Postgres) instead of lipzoo's own."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "ckpts").mkdir(exist_ok=True)
     (workdir / "zoo.toml").write_text(ZOO)
@@ -142,8 +143,10 @@ def run(workdir: Path, watcher: bool = False, timeout: float = 240.0) -> dict[st
     rev_b = write_checkpoint(workdir / "ckpts" / "b.npz", 2)
     catalog = workdir / "lipzoo.duckdb"
     port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    if api:
+        env["PREFECT_API_URL"] = api
+    api = api or f"http://127.0.0.1:{port}/api"
     env.update(PREFECT_HOME=str(workdir / "prefect"), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
                PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="WARNING")
     log = open(workdir / "serve.log", "wb")  # noqa: SIM115
@@ -201,9 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--watcher", action="store_true", help="also measure watcher -> event -> re-audit")
     ap.add_argument("--timeout", type=float, default=240.0)
     ap.add_argument("--json", type=Path, help="also write the result here")
+    ap.add_argument("--api", help="serve against this Prefect API URL (default: lipzoo serve starts a server)")
     a = ap.parse_args(argv)
     workdir = a.workdir or Path(tempfile.mkdtemp(prefix="lipzoo-bench-deploy-"))
-    res = run(workdir, watcher=a.watcher, timeout=a.timeout)
+    res = run(workdir, watcher=a.watcher, timeout=a.timeout, api=a.api)
     text = json.dumps(res, indent=2)
     print(text)
     if a.json:

@@ -96,12 +96,18 @@ def _timed_gpu_job(i: int) -> tuple[int, float, float, int]:
 
 
 @pytest.fixture(scope="module")
-def dask_cluster(tmp_path_factory):
-    """`dask scheduler` + 2 × `dask worker --nthreads 2 --resources GPU=1` on 127.0.0.1, torn down after."""
+def dask_cluster(tmp_path_factory, prefect_harness):
+    """`dask scheduler` + 2 × `dask worker --nthreads 2 --resources GPU=1` on 127.0.0.1, torn down after.
+
+    The workers get the test's Prefect API URL, as documented for real workers (without it each worker
+    process would start a temporary Prefect server of its own)."""
     pytest.importorskip("distributed")
+    from prefect.settings import PREFECT_API_URL
+
     port = _free_port()
     tmp = tmp_path_factory.mktemp("dask")
     env = {**os.environ, "DASK_LOGGING__DISTRIBUTED": "error", "DASK_TEMPORARY_DIRECTORY": str(tmp),
+           "PREFECT_API_URL": PREFECT_API_URL.value() or "",
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
     bindir = Path(sys.executable).parent
     procs = [subprocess.Popen([str(bindir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),

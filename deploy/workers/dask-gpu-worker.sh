@@ -8,7 +8,8 @@
 # On the scheduler host: `dask scheduler --host 0.0.0.0 --port 8786` (needs `pip install 'lipzoo[dask]'`).
 # Each GPU gets its own worker process that sees only that GPU and advertises `--resources GPU=1`; lipzoo
 # annotates bound tasks with resources={"GPU": 1}, so one task holds one GPU. Workers need lipzoo installed
-# (the same version as the flow host: tasks are pickled by reference to lipzoo's modules).
+# (the same version as the flow host: tasks are pickled by reference to lipzoo's modules) and the flow host's
+# PREFECT_API_URL (bound tasks report their state to the Prefect server from the worker).
 set -euo pipefail
 set -m  # background jobs keep SIGINT (non-interactive bash would start them with SIGINT ignored)
 sched="${1:?usage: dask-gpu-worker.sh tcp://SCHEDULER:8786 [--gpus 0,1 | --cpu N]}"; shift
@@ -22,6 +23,10 @@ while [ $# -gt 0 ]; do
 done
 if [ "$cpu" = 0 ] && [ -z "$gpus" ] && command -v nvidia-smi >/dev/null 2>&1; then
   gpus=$(nvidia-smi --query-gpu=index --format=csv,noheader | paste -sd, -)
+fi
+if [ -z "${PREFECT_API_URL:-}" ]; then
+  echo "dask-gpu-worker: warning: PREFECT_API_URL is unset, so every worker process starts its own temporary" \
+       "Prefect server (slow, and its task runs never reach your UI); export the flow host's PREFECT_API_URL" >&2
 fi
 export DASK_LOGGING__DISTRIBUTED="${DASK_LOGGING__DISTRIBUTED:-warning}"
 pids=()
