@@ -263,8 +263,10 @@ def _zoo(cat: Catalog) -> None:
         + [row("broken", "*", None, status="failed", reason="corrupt safetensors")]
         + [row("refuser", "lipsdp-neuron", None, status="refused", reason="too big"),
            row("refuser", "naive", None, status="failed", reason="nan weights")]
-        # unsound: upper below lower gets flagged
+        # unsound: upper below lower gets flagged (a vacuous bound too, even when it is not the best bound)
         + model_rows("unsound", {"naive": 2.5}, {"lower-ascent": 3.0})
+        + model_rows("unsound-vac", {"naive": 50.0}, {"lower-ascent": 3.0})
+        + [row("unsound-vac", "layernorm-bound", 1.0, vacuous=True)]
     )
 
 
@@ -279,6 +281,7 @@ def test_leaderboard_order_ties_and_unranked(cat):
         (5, "hf:vac", 4.0),
         (6, "timm:worst", 30.0),
         (7, "hf:onlyvac", 40.0),
+        (8, "hf:unsound-vac", 50.0),
         (None, "hf:broken", None), (None, "hf:refuser", None),
     ]
     by = {r["model_id"]: r for r in lb}
@@ -288,6 +291,7 @@ def test_leaderboard_order_ties_and_unranked(cat):
     assert by["hf:tie-a"]["tightness"] == 1.25 and by["hf:tie-b"]["tightness"] == 2.0
     assert by["hf:best"]["best_lower"] == 0.5 and by["hf:best"]["best_lower_variant"] == "lower-ascent"
     assert by["hf:unsound"]["sound"] is False and by["hf:best"]["sound"] is True
+    assert by["hf:unsound-vac"]["sound"] is False and by["hf:vac"]["sound"] is None  # no lower bound: unknown
     assert by["hf:broken"]["status"] == "failed" and by["hf:broken"]["first_problem"] == "failed: corrupt safetensors"
     assert by["hf:refuser"]["status"] == "failed"
     assert (by["hf:refuser"]["n_refused"], by["hf:refuser"]["n_failed"]) == (1, 1)
@@ -307,7 +311,7 @@ def test_leaderboard_top_hub_and_variant(cat):
     assert got == [
         (1, "hf:best", 1.5, "ok"), (2, "hf:unsound", 2.5, "ok"), (3, "hf:tie-a", 3.0, "ok"),
         (4, "hf:vac", 4.0, "ok"), (5, "hf:tie-b", 5.0, "ok"), (6, "timm:worst", 30.0, "ok"),
-        (None, "hf:refuser", None, "failed"),
+        (7, "hf:unsound-vac", 50.0, "ok"), (None, "hf:refuser", None, "failed"),
     ]
     with pytest.raises(UnknownVariantError, match="unknown variant 'nope'; variants in this catalog: "):
         cat.leaderboard(variant="nope")
@@ -417,7 +421,7 @@ def test_plain_sql_views_work_without_lipzoo(cat):
     con = duckdb.connect(str(cat.path), read_only=True)
     try:
         assert con.execute("SELECT model_id FROM leaderboard WHERE rank = 1").fetchall() == [("hf:best",)]
-        assert con.execute("SELECT count(*) FROM stale('2')").fetchone()[0] == 9
+        assert con.execute("SELECT count(*) FROM stale('2')").fetchone()[0] == 10
         top = con.execute("SELECT model_id, variant_rank FROM leaderboard_variants WHERE variant = 'naive' "
                           "ORDER BY variant_rank LIMIT 1").fetchone()
         assert top == ("hf:best", 1)
