@@ -351,7 +351,7 @@ def tightness_plot(details: Sequence[ModelDetail]) -> str:
     variants = sorted({r["variant"] for d in details for r in d.latest if r["kind"] == "upper"}, key=variant_sort_key)
     cell_w, cell_h, left, top = 92, 24, 230, 96
     W = left + cell_w * max(len(variants), 1) + 20
-    H = top + cell_h * (len(details) + 1) + 30
+    H = top + cell_h * (len(details) + 2) + 30
     out = [_svg_open(W, H, "tightness-plot", "tightness (certified upper / measured lower) per variant and model")]
     out.append('<text class="plot-title" x="10" y="16" font-size="13" font-weight="600">Tightness: upper / lower '
                "(1 = provably optimal; lower is better)</text>")
@@ -389,6 +389,13 @@ def tightness_plot(details: Sequence[ModelDetail]) -> str:
                        f'width="{cell_w - 2}" height="{cell_h - 2}" fill="{fill}"><title>{_e(tip)}</title></rect>')
             out.append(f'<text x="{x + cell_w / 2:.0f}" y="{y + 16}" font-size="11" text-anchor="middle" '
                        f'fill="{"#222" if t is not None else "#aaa"}">{times(t) if t else "—"}</text>')
+    # the means run over different models per variant: say over how many
+    y = top + cell_h * (len(details) + 1)
+    out.append(f'<text x="{left - 8}" y="{y + 14}" font-size="10" text-anchor="end" fill="#666">models in the mean'
+               "</text>")
+    for j, v in enumerate(variants):
+        out.append(f'<text class="mean-count" x="{left + cell_w * j + cell_w / 2:.0f}" y="{y + 14}" font-size="10" '
+                   f'text-anchor="middle" fill="#666">{len(per_variant[v])}</text>')
     out.append("</svg>")
     return "".join(out)
 
@@ -400,7 +407,8 @@ h1{font-size:22px;margin:0 0 4px} h2{font-size:18px;margin:28px 0 8px;border-bot
 h3{font-size:15px;margin:18px 0 6px} .meta{color:#666;font-size:13px}
 table{border-collapse:collapse;font-size:13px;width:100%} th,td{padding:4px 8px;border-bottom:1px solid #eee;
 text-align:left} th{background:#f6f6f6;font-weight:600} td.num{text-align:right;font-variant-numeric:tabular-nums}
-tr.focus td{background:#fff8dc} .bad{color:#b00;font-weight:700} .ok{color:#080} .muted{color:#999}
+td.nw{white-space:nowrap} tr.focus td{background:#fff8dc} .bad{color:#b00;font-weight:700} .ok{color:#080}
+.muted{color:#999}
 .model{margin:10px 0 26px} svg{display:block;max-width:100%;height:auto;margin:6px 0} code{font-size:12px}
 """
 
@@ -420,11 +428,11 @@ def _leaderboard_table(rows: Sequence[dict[str, Any]], focus: str | None) -> str
             f'<tr class="{"focus" if r["model_id"] == focus else ""}" data-model="{_e(r["model_id"])}">'
             f'<td class="num">{fmt(r.get("rank"))}</td><td><a href="#{anchor(r["model_id"])}">{_e(r["model_id"])}'
             f'</a></td><td><code title="{_e(r.get("revision"))}">{_e(str(r.get("revision") or "")[:12])}</code></td>'
-            f'<td class="num">{fmt(r.get("best_upper"))}</td><td>{variant}</td>'
+            f'<td class="num">{fmt(r.get("best_upper"))}</td><td class="nw">{variant}</td>'
             f'<td class="num">{fmt(r.get("best_lower"))}</td><td class="num">'
             f'{times(r["tightness"]) if r.get("tightness") else "—"}</td><td>{s}</td>'
             f'<td class="num">{r.get("n_ok", 0)} / {r.get("n_refused", 0)} / {r.get("n_failed", 0)}</td>'
-            f"<td>{_e(when_s)}</td></tr>")
+            f'<td class="nw">{_e(when_s)}</td></tr>')
     if not rows:
         body.append('<tr><td colspan="10" class="muted">the catalog has no results yet: run `lipzoo audit`</td></tr>')
     return f'<table class="leaderboard">{head}{"".join(body)}</table>'
