@@ -101,9 +101,10 @@ def fetch_dicts(cur: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
 
 
 # ---- leaderboard ----------------------------------------------------------------------------------------
-_LB_COLUMNS = ("model_id, hub, repo_id, revision, best_upper, best_upper_variant, best_upper_vacuous, best_lower, "
-               "best_lower_variant, tightness, sound, status, n_ok, n_refused, n_failed, first_problem, architecture, "
-               "weights_digest, revision_seen, engine_version, computed_at")
+LEADERBOARD_COLUMNS = (
+    "model_id, hub, repo_id, revision, best_upper, best_upper_variant, best_upper_vacuous, best_lower, "
+    "best_lower_variant, tightness, sound, status, n_ok, n_refused, n_failed, first_problem, architecture, "
+    "weights_digest, revision_seen, engine_version, computed_at")
 
 
 def _lit(s: str) -> str:
@@ -149,14 +150,14 @@ def leaderboard(con: duckdb.DuckDBPyConnection, variant: str | None = None, hub:
     pivot: list[str] = []
     names: list[str] = []
     if variant_columns:
-        base = {c.strip() for c in _LB_COLUMNS.split(",")} | {"rank"}
+        base = {c.strip() for c in LEADERBOARD_COLUMNS.split(",")} | {"rank"}
         for i, v in enumerate(variant_ids(con)):
             names.append(v if v not in base else f"variant:{v}")
             pivot.append(f"max(value) FILTER (WHERE usable AND variant = {_lit(v)}) AS __pivot{i}")
     source = "(" + current_results_sql(latest_source("WHERE $1::VARCHAR IS NULL OR res.hub = $1"), BOUND_COLS) + ")"
     extra = "".join(f", b.__pivot{i} AS {_ident(n)}" for i, n in enumerate(names))
     sql = (f"SELECT CASE WHEN best_upper IS NOT NULL THEN rank() OVER (ORDER BY best_upper ASC NULLS LAST) END "
-           f"AS rank, {_LB_COLUMNS}{extra} FROM ({bounds_sql(source, pivot)}) b "
+           f"AS rank, {LEADERBOARD_COLUMNS}{extra} FROM ({bounds_sql(source, pivot)}) b "
            f"ORDER BY rank ASC NULLS LAST, model_id LIMIT $2")
     return fetch_dicts(con.execute(sql, [hub, limit]))
 

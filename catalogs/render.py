@@ -120,9 +120,9 @@ def to_json(rows: list[dict[str, Any]]) -> str:
     return "[\n" + ",\n".join(out) + "\n]" if out else "[]"
 
 
-def to_csv(rows: list[dict[str, Any]]) -> str:
+def to_csv(rows: list[dict[str, Any]], header_if_empty: list[str] | None = None) -> str:
     buf = io.StringIO()
-    keys = _keys(rows)
+    keys = _keys(rows) or list(header_if_empty or [])
     conv = [_column_converter(rows, k, for_csv=True) for k in keys]
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(keys)
@@ -160,14 +160,15 @@ def print_table(rows: list[dict[str, Any]], cols: list[Col], title: str | None =
 
 
 def emit(rows: list[dict[str, Any]], cols: list[Col], fmt: str, title: str | None = None,
-         caption: str | None = None) -> None:
-    """Print rows in `fmt` to stdout (table via rich; the others as exact text)."""
+         caption: str | None = None, empty_keys: list[str] | None = None) -> None:
+    """Print rows in `fmt` to stdout (table via rich; the others as exact text). `empty_keys`: the csv header
+    when there are no rows (so an empty result still has the columns a non-empty one would have)."""
     import sys
 
     if fmt == "table":
         print_table(rows, cols, title=title, caption=caption)
     elif fmt == "csv":
-        sys.stdout.write(to_csv(rows))
+        sys.stdout.write(to_csv(rows, header_if_empty=empty_keys or [c.key for c in cols]))
     elif fmt == "json":
         sys.stdout.write(to_json(rows) + "\n")
     elif fmt == "markdown":

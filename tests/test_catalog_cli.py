@@ -196,3 +196,13 @@ def test_show_leaderboard_helper_for_audit(zoo, capsys):
     assert show_leaderboard(cat.path, top=1, fmt="csv") == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 and lines[1].startswith("1,hf:org/alpha,hf,org/alpha,r1,2e-05,eclipse-fast,")
+
+
+def test_empty_catalog_outputs_keep_their_shape(tmp_path, capsys):
+    path = str(Catalog(tmp_path / "empty.duckdb").path)
+    rc, out, _ = run_cli(capsys, "leaderboard", "--catalog", path, "--format", "csv")
+    assert rc == 0 and out.startswith("rank,model_id,hub,repo_id,revision,best_upper,") and len(out.splitlines()) == 1
+    rc, out, _ = run_cli(capsys, "leaderboard", "--catalog", path, "--format", "json")
+    assert json.loads(out) == []
+    rc, out, _ = run_cli(capsys, "leaderboard", "--catalog", path)
+    assert rc == 0 and "no results in" in out and "`lipzoo audit`" in out

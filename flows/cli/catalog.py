@@ -243,7 +243,10 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         caption = f"{len(rows)} of {n} models · {what} · {cat.path}"
         if not rows:
             caption = f"no results in {cat.path} yet; run `lipzoo audit`"
-    emit(rows, cols, args.format, title="lipzoo leaderboard", caption=caption)
+    from catalogs.queries import LEADERBOARD_COLUMNS
+
+    empty = ["rank", *(c.strip() for c in LEADERBOARD_COLUMNS.split(","))]
+    emit(rows, cols, args.format, title="lipzoo leaderboard", caption=caption, empty_keys=empty)
     return 0
 
 
@@ -297,7 +300,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
             Col("status_b", "status B"), Col("value_a", "value A", "num"), Col("value_b", "value B", "num"),
             Col("ratio", "B/A", "ratio")]
     summary = ", ".join(f"{n} {k}" for k, n in counts.items()) or "nothing moved"
-    emit(rows, cols, args.format, title=f"diff {a} → {b}", caption=f"{summary} · {cat.path}")
+    emit(rows, cols, args.format, title=f"diff {a} → {b}", caption=f"{summary} · {cat.path}",
+         empty_keys=["model_id", "variant", "kind", "revision_a", "revision_b", "status_a", "status_b", "value_a",
+                     "value_b", "ratio", "change", "engine_a", "engine_b"])
     return 0
 
 
@@ -316,7 +321,8 @@ def cmd_stale(args: argparse.Namespace) -> int:
             Col("revision_seen", "first seen", "time"), Col("engines", "engines with results"),
             Col("failed_current", f"failed @ {engine}", "int")]
     emit(rows, cols, args.format, title=f"stale models (engine {engine})",
-         caption=f"{len(rows)} stale · `lipzoo audit` recomputes them · {cat.path}")
+         caption=f"{len(rows)} stale · `lipzoo audit` recomputes them · {cat.path}",
+         empty_keys=["model_id", "hub", "repo_id", "revision", "revision_seen", "engines_present", "failed_current"])
     return 0
 
 
