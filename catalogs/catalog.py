@@ -12,6 +12,7 @@ so the CLI, the flows and tests need no DuckDB types.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import re
@@ -48,6 +49,7 @@ def resolve_catalog_path(cli_value: str | os.PathLike[str] | None = None) -> Pat
     return Path(raw).expanduser()
 
 
+@functools.cache
 def lipzoo_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -139,6 +141,17 @@ class Catalog:
 
     def __repr__(self) -> str:
         return f"Catalog({str(self.path)!r}, read_only={self.read_only})"
+
+    # picklable (Prefect may pass it to tasks on other threads/processes): drop the lock and the test hook
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "read_only": self.read_only, "lock_timeout_s": self.lock_timeout_s,
+                "schema_version": self.schema_version}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._before_commit = None
+        with _PROCESS_LOCKS_GUARD:
+            self._plock = _PROCESS_LOCKS.setdefault(str(self.path), threading.RLock())
 
     # -- opening ------------------------------------------------------------------------------------------
     def _open(self, read_only: bool) -> duckdb.DuckDBPyConnection:

@@ -428,3 +428,13 @@ def test_plain_sql_views_work_without_lipzoo(cat):
     finally:
         con.close()
     assert math.isclose(cat.leaderboard()[0]["best_upper"], 1.0)
+
+
+def test_catalog_pickles_for_task_runners(cat):
+    import pickle
+
+    cat.write([row("a", "naive", 1.0)])
+    clone = pickle.loads(pickle.dumps(cat))
+    assert clone.path == cat.path and clone._plock is cat._plock
+    assert clone.write([row("b", "naive", 2.0)]) == 1
+    assert [r["model_id"] for r in cat.leaderboard()] == ["hf:a", "hf:b"]
