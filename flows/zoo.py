@@ -1,0 +1,261 @@
+"""Zoo manifests: which models to audit, from which hubs, with which bound variants, on which device.
+
+A manifest is TOML (deploy/zoos/*.toml) or the same structure as a dict:
+
+    name = "my-zoo"
+    device = "auto"                   # auto | cpu | cuda (the CLI's --device overrides)
+    budget_s = 120                    # per-model time budget, enforced inside lipcore plus a hard stop
+    variants = ["naive", "eclipse-fast", "sh-combined", "lower-sampled", "lower-ascent"]
+
+    [[models]]
+    hub = "hf"                        # the Hugging Face Hub
+    author = "my-org"                 # every model of an author/organisation ...
+    repos = ["my-org/mlp-a"]          # ... and/or explicit repos; revision = "main" (or a sha) pins one
+    activation = "relu"               # for plain MLP state dicts without an 'activation' metadata key
+
+    [[models]]
+    hub = "timm"
+    models = ["test_resnet", "resnet1*"]   # names or timm.list_models wildcards
+    pretrained = "auto"               # true | false | "auto" (hub weights when reachable, else seeded init)
+    seed = 0
+    input_shape = [3, 64, 64]
+
+    [[models]]
+    hub = "local"
+    path = "checkpoints"              # relative to the manifest file
+    pattern = ["*.safetensors", "*.npz"]
+
+    [[models]]
+    hub = "bench"                     # the ECLipsE benchmark MLPs, generated (lipcore.benchnets)
+    nets = ["lyr2n20", "lyr10n80"]
+
+Every entry may override variants, device, budget_s, input_shape, activation, slope and options
+(per-variant lipcore options, e.g. options = { optimized = { steps = 200 } }).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .refs import Settings
+
+DEMO_MANIFEST = Path(__file__).resolve().parent.parent / "deploy" / "zoos" / "demo.toml"
+
+# what an audit computes when neither the manifest nor the CLI names variants: every closed-form upper
+# bound worth having plus both lower bounds; the SDP and the optimizer are opt-in (cost).
+DEFAULT_AUDIT_VARIANTS: tuple[str, ...] = ("naive", "eclipse-fast", "sh-combined", "lower-sampled", "lower-ascent")
+
+HUB_KEYS = {
+    "hf": {"author", "repos", "revision", "endpoint", "search", "limit"},
+    "timm": {"models", "exclude", "pretrained", "seed", "model_args"},
+    "local": {"path", "pattern", "recursive"},
+    "bench": {"nets", "legacy"},
+}
+SETTING_KEYS = {"variants", "device", "budget_s", "input_shape", "activation", "slope", "options"}
+TOP_KEYS = {"name", "description", "device", "budget_s", "variants", "options", "models"}
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ZooError(ValueError):
+    """A manifest that cannot be used; the message is one line and names the entry."""
+
+
+@dataclass
+class Entry:
+    hub: str
+    params: dict[str, Any]
+    settings: Settings
+    label: str
+
+    def hub_param(self, key: str, default: Any = None) -> Any:
+        return self.params.get(key, default)
+
+
+@dataclass
+class Zoo:
+    name: str
+    entries: list[Entry] = field(default_factory=list)
+    source: str | None = None
+    description: str = ""
+
+
+def demo_path() -> Path:
+    return DEMO_MANIFEST
+
+
+def _check_variants(vs: Any, where: str) -> tuple[str, ...]:
+    from lipcore import VARIANTS
+
+    if isinstance(vs, str):
+        vs = [vs]
+    if not isinstance(vs, list | tuple) or not vs:
+        raise ZooError(f"{where}: variants must be a non-empty list of variant ids")
+    unknown = [v for v in vs if v not in VARIANTS]
+    if unknown:
+        raise ZooError(f"{where}: unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
+    return tuple(dict.fromkeys(vs))
+
+
+def _check_device(d: Any, where: str) -> str:
+    if d not in DEVICES:
+        raise ZooError(f"{where}: device must be one of {', '.join(DEVICES)}, got {d!r}")
+    return str(d)
+
+
+def _settings(raw: dict[str, Any], base: Settings, where: str) -> Settings:
+    s = replace(base, options=dict(base.options), hub_options={})
+    if "variants" in raw:
+        s.variants = _check_variants(raw["variants"], where)
+    if "device" in raw:
+        s.device = _check_device(raw["device"], where)
+    if "budget_s" in raw:
+        b = raw["budget_s"]
+        if not isinstance(b, int | float) or b <= 0:
+            raise ZooError(f"{where}: budget_s must be a positive number of seconds")
+        s.budget_s = float(b)
+    if "input_shape" in raw:
+        shp = raw["input_shape"]
+        if not isinstance(shp, list | tuple) or not all(isinstance(v, int) and v > 0 for v in shp):
+            raise ZooError(f"{where}: input_shape must be a list of positive integers (without the batch dim)")
+        s.input_shape = tuple(shp)
+    if "activation" in raw:
+        s.activation = str(raw["activation"])
+    if "slope" in raw:
+        sl = raw["slope"]
+        if not isinstance(sl, list | tuple) or len(sl) != 2:
+            raise ZooError(f"{where}: slope must be [alpha, beta]")
+        s.slope = (float(sl[0]), float(sl[1]))
+    if "options" in raw:
+        if not isinstance(raw["options"], dict):
+            raise ZooError(f"{where}: options must be a table of per-variant tables")
+        s.options.update({k: dict(v) for k, v in raw["options"].items()})
+    return s
+
+
+def parse_zoo(data: dict[str, Any], source: str | None = None, base_dir: Path | None = None) -> Zoo:
+    """Validate a manifest dict into a Zoo; local paths are made absolute against `base_dir`."""
+    name = str(data.get("name") or (Path(source).stem if source else "zoo"))
+    where0 = f"zoo {name!r}"
+    extra = set(data) - TOP_KEYS
+    if extra:
+        raise ZooError(f"{where0}: unknown key(s) {', '.join(sorted(extra))}")
+    base = Settings(variants=DEFAULT_AUDIT_VARIANTS)
+    base = _settings({k: data[k] for k in SETTING_KEYS & set(data)}, base, where0)
+    models = data.get("models") or []
+    if not isinstance(models, list) or not models:
+        raise ZooError(f"{where0}: needs at least one [[models]] entry")
+    entries = []
+    for i, raw in enumerate(models, start=1):
+        if not isinstance(raw, dict):
+            raise ZooError(f"{where0}: models entry {i} must be a table")
+        hub = raw.get("hub")
+        where = f"{where0}, models entry {i} (hub {hub!r})"
+        if hub not in HUB_KEYS:
+            raise ZooError(f"{where}: hub must be one of {', '.join(HUB_KEYS)}")
+        unknown = set(raw) - HUB_KEYS[hub] - SETTING_KEYS - {"hub", "label"}
+        if unknown:
+            raise ZooError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+        params = {k: raw[k] for k in HUB_KEYS[hub] if k in raw}
+        if hub == "local":
+            if "path" not in params:
+                raise ZooError(f"{where}: needs path = \"folder of checkpoints\"")
+            p = Path(params["path"]).expanduser()
+            params["path"] = str(p if p.is_absolute() or base_dir is None else (base_dir / p).resolve())
+        elif hub == "hf" and not (params.get("author") or params.get("repos")):
+            raise ZooError(f"{where}: needs author = \"org\" or repos = [\"org/name\", ...]")
+        elif hub == "timm" and not params.get("models"):
+            raise ZooError(f"{where}: needs models = [\"name-or-wildcard\", ...]")
+        elif hub == "bench" and not params.get("nets"):
+            raise ZooError(f"{where}: needs nets = [\"lyr2n20\", ...]")
+        label = str(raw.get("label") or f"{hub}#{i}")
+        entries.append(Entry(hub, params, _settings(raw, base, where), label))
+    return Zoo(name=name, entries=entries, source=source, description=str(data.get("description", "")))
+
+
+def load_zoo(zoo: str | Path | dict[str, Any] | Zoo | None = None) -> Zoo:
+    """A Zoo from a manifest path, a dict, a Zoo, or None (the embedded demo zoo)."""
+    if isinstance(zoo, Zoo):
+        return zoo
+    if isinstance(zoo, dict):
+        return parse_zoo(zoo, source=None, base_dir=Path.cwd())
+    path = Path(zoo) if zoo is not None else DEMO_MANIFEST
+    if not path.is_file():
+        raise ZooError(f"zoo manifest {path} not found")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ZooError(f"zoo manifest {path}: invalid TOML: {e}") from None
+    return parse_zoo(data, source=str(path), base_dir=path.resolve().parent)
+
+
+def override(zoo: Zoo, *, variants: Any = None, device: str | None = None, budget_s: float | None = None) -> Zoo:
+    """Apply the CLI's/caller's overrides to every entry (a new Zoo; the input is not changed)."""
+    if variants is None and device in (None, "") and budget_s is None:
+        return zoo
+    raw: dict[str, Any] = {}
+    if variants is not None:
+        raw["variants"] = list(variants) if not isinstance(variants, str) else [variants]
+    if device not in (None, ""):
+        raw["device"] = device
+    if budget_s is not None:
+        raw["budget_s"] = budget_s
+    entries = [Entry(e.hub, e.params, _settings(raw, e.settings, f"zoo {zoo.name!r}"), e.label) for e in zoo.entries]
+    return Zoo(zoo.name, entries, zoo.source, zoo.description)
+
+
+def adhoc_zoo(*, hf: list[str] | None = None, timm: list[str] | None = None, local: list[str] | None = None,
+              activation: str | None = None, input_shape: list[int] | None = None,
+              endpoint: str | None = None, pretrained: Any = "auto") -> dict[str, Any]:
+    """The manifest the CLI's --hf / --timm / --local flags describe."""
+    models: list[dict[str, Any]] = []
+    extra: dict[str, Any] = {}
+    if activation:
+        extra["activation"] = activation
+    if input_shape:
+        extra["input_shape"] = list(input_shape)
+    for a in hf or []:
+        e: dict[str, Any] = {"hub": "hf", **extra}
+        e["repos" if "/" in a else "author"] = [a] if "/" in a else a
+        if endpoint:
+            e["endpoint"] = endpoint
+        models.append(e)
+    if timm:
+        models.append({"hub": "timm", "models": list(timm), "pretrained": pretrained, **extra})
+    for d in local or []:
+        models.append({"hub": "local", "path": str(Path(d).expanduser().resolve()), **extra})
+    parts = [f"hf:{a}" for a in hf or []] + [f"timm:{p}" for p in timm or []]
+    parts += [f"local:{Path(d).name}" for d in local or []]
+    return {"name": " ".join(parts) or "adhoc", "models": models}
+
+
+def entry_for(zoo: Zoo, hub: str, repo_id: str) -> Entry | None:
+    """The entry of `zoo` a model belongs to (for settings when one model is re-audited), or None."""
+    from fnmatch import fnmatchcase
+
+    for e in zoo.entries:
+        if e.hub != hub:
+            continue
+        p = e.params
+        if hub == "hf" and (repo_id in (p.get("repos") or []) or
+                            (p.get("author") and repo_id.startswith(f"{p['author']}/"))):
+            return e
+        if hub == "timm" and any(fnmatchcase(repo_id, pat) for pat in _as_list(p.get("models"))):
+            return e
+        if hub == "local":
+            root = Path(p["path"])
+            pats = _as_list(p.get("pattern")) or ["*"]
+            rel = repo_id.split("/", 1)[1] if repo_id.startswith(root.name + "/") else None
+            if rel is not None and any(fnmatchcase(rel, pat) or fnmatchcase(Path(rel).name, pat) for pat in pats):
+                return e
+        if hub == "bench" and repo_id.split("/")[-1] in _as_list(p.get("nets")):
+            return e
+    return None
+
+
+def _as_list(v: Any) -> list[str]:
+    if v is None:
+        return []
+    return [v] if isinstance(v, str) else [str(x) for x in v]
