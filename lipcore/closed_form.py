@@ -17,13 +17,13 @@ from typing import Any
 
 from .errors import CertificationError
 from .network import MLP
-from .recursion import SN1, Rule, Trajectory, naive_value, run_greedy, run_rule
+from .recursion import SN1, Rule, Trajectory, naive_lower_log, naive_value, run_greedy, run_rule
 from .variants import Context
 
 SN_GRID = (0.7, 1.0, 1.2, 1.35, 1.5, 1.65)
 GC_GRID = (0.8, 1.0, 1.3, 1.5, 1.7, 1.85, 1.95, 1.99)
 SHIFT_GRID = (1.1, 1.3, 1.5, 1.7, 2.0, 2.5)
-GREEDY_CANDIDATES = ("sn:1.0", "sn:1.5", "gc:1.7", "shift:1.5:weyl")
+GREEDY_CANDIDATES = ("sn:1.0", "sn:1.5", "gc:1.7", "shift:1.5:weyl")  # the first one also seeds the probe block
 
 
 def _memo(ctx: Context) -> dict[str, Trajectory]:
@@ -143,10 +143,12 @@ def sh_combined(net: MLP, ctx: Context) -> tuple[float, dict[str, Any]]:
         except CertificationError:
             pass
     name, traj = min(_memo(ctx).items(), key=lambda kv: kv[1].value)
-    nv = _naive(net, ctx)
     fast = _memo(ctx)["eclipse-fast"].value
-    if nv < traj.value:
-        return nv, {"best": "naive", "vs_fast": _ratio(nv, fast), "candidates": len(_memo(ctx)) + 1}
+    # exact naive only when the cheap lower estimate cannot already show traj ≤ naive
+    if "naive" in ctx.memo or not traj.log_value < naive_lower_log(net, ctx.device):
+        nv = _naive(net, ctx)
+        if nv < traj.value:
+            return nv, {"best": "naive", "vs_fast": _ratio(nv, fast), "candidates": len(_memo(ctx)) + 1}
     out: dict[str, Any] = {"best": name, "vs_fast": _ratio(traj.value, fast), "candidates": len(_memo(ctx)) + 1,
                            **traj.params()}
     if name == "greedy":
