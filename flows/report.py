@@ -287,8 +287,11 @@ def history_plot(model_id: str, revisions: Sequence[dict[str, Any]], history: di
                    f"</text>")
     out.append(f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + 220}" stroke="#888"/>')
     out.append(f'<line x1="{left}" x2="{W - right}" y1="{top + 220}" y2="{top + 220}" stroke="#888"/>')
-    for r in revisions:
+    label_every = max(1, math.ceil(n / 10))  # ~10 labels at most; the newest revision is always labelled
+    for i, r in enumerate(revisions):
         rev = r["revision"]
+        if (n - 1 - i) % label_every:
+            continue
         seen = r.get("revision_seen")
         when = seen.strftime("%Y-%m-%d %H:%M") if isinstance(seen, datetime) else ""
         out.append(f'<text class="revision-label" x="{xs[rev]:.1f}" y="{top + 236}" font-size="10" '

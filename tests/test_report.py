@@ -166,3 +166,28 @@ def test_report_renders_in_headless_chromium(catalog_path, tmp_path):
     keep = Path(__file__).resolve().parents[1] / "out"
     if keep.is_dir():  # a developer's look at it: ./out/report.png (ignored by git)
         shutil.copy(png, keep / "report.png")
+
+
+def test_an_unsound_upper_bound_is_flagged_not_hidden(tmp_path):
+    """An upper bound below the measured lower bound is a bug somewhere: the page must shout it."""
+    cat = tmp_path / "c.duckdb"
+    mk = dict(model_id="hf:acme/bad", hub="hf", repo_id="acme/bad", revision="r1", engine_version="1")
+    Catalog(cat).write([ResultRow(**mk, variant="eclipse-fast", kind="upper", status="ok", value=0.9),
+                        ResultRow(**mk, variant="lower-ascent", kind="lower", status="ok", value=1.2)])
+    page = render_html(load_report_data(cat))
+    assert "NO — upper &lt; lower" in page  # the leaderboard's sound column
+    assert ">UNSOUND</text>" in page  # the bounds plot's tightness label
+
+
+def test_many_revisions_keep_the_axis_readable(tmp_path):
+    cat = tmp_path / "c.duckdb"
+    c = Catalog(cat)
+    for i in range(30):
+        mk = dict(model_id="hf:acme/m", hub="hf", repo_id="acme/m", revision=f"rev{i:02d}", engine_version="1",
+                  computed_at=T0 + timedelta(hours=i))
+        c.write([ResultRow(**mk, variant="eclipse-fast", kind="upper", status="ok", value=2.0 + i / 10),
+                 ResultRow(**mk, variant="lower-sampled", kind="lower", status="ok", value=1.0 + i / 20)])
+    page = render_html(load_report_data(cat))
+    labels = re.findall(r'class="revision-label"[^>]*>(\w+)', page)
+    assert 5 <= len(labels) <= 10 and labels[-1] == "rev29"
+    assert page.count("<circle") >= 30  # every revision still has its point
