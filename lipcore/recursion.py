@@ -319,7 +319,10 @@ class Recursion:
 
         Only the lower triangle is trusted downstream (cholesky_ex and eigvalsh read it), so no symmetrisation.
         """
-        y = torch.linalg.solve_triangular(self.R if R is None else R, self.W[k].T, upper=False)
+        if R is None and k == 0:  # M_0 = I: no solve (saves n_0²·n_1 for wide inputs such as images)
+            y = self.W[0].T.clone()
+        else:
+            y = torch.linalg.solve_triangular(self.R if R is None else R, self.W[k].T, upper=False)
         div = 1.0
         if normalise:
             div = coef * float((y * y).sum(dim=0).max())
