@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -91,6 +92,14 @@ def main(argv: list[str] | None = None) -> int:
 
     tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="lipzoo-bench-"))
     tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        return _bench(args, tmp)
+    finally:
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _bench(args: argparse.Namespace, tmp: Path) -> int:
     print(f"lipzoo catalog benchmark · {os.cpu_count()} CPU(s) · load average {os.getloadavg()[0]:.2f} · {tmp}")
     results: list[tuple[str, float, float, str]] = []
 
