@@ -134,8 +134,10 @@ def wait_ready(api: str, serve: subprocess.Popen[Any], timeout: float) -> None:
     raise TimeoutError(f"lipzoo serve was not ready within {timeout:.0f} s")
 
 
-def run(workdir: Path, watcher: bool = False, timeout: float = 240.0, api: str | None = None) -> dict[str, Any]:
-    """`api`: serve against this existing server (e.g. one backed by Postgres) instead of lipzoo's own."""
+def run(workdir: Path, watcher: bool = False, timeout: float = 240.0, api: str | None = None,
+        poll: float | None = None) -> dict[str, Any]:
+    """`api`: serve against this existing server (e.g. one backed by Postgres) instead of lipzoo's own;
+    `poll`: `lipzoo serve --poll` (None: its default, 5 s)."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "ckpts").mkdir(exist_ok=True)
     (workdir / "zoo.toml").write_text(ZOO)
@@ -151,10 +153,13 @@ def run(workdir: Path, watcher: bool = False, timeout: float = 240.0, api: str |
                PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="WARNING")
     log = open(workdir / "serve.log", "wb")  # noqa: SIM115
     t_start = time.time()
-    serve = subprocess.Popen([*lipzoo_cmd(), "serve", "zoo.toml", "--catalog", str(catalog), "--port", str(port),
-                              "--poll", "2", "--watch-every", "1440"], cwd=workdir, env=env, stdout=log,
+    cmd = [*lipzoo_cmd(), "serve", "zoo.toml", "--catalog", str(catalog), "--port", str(port), "--watch-every", "1440"]
+    if poll:
+        cmd += ["--poll", str(poll)]
+    serve = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=log,
                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    out: dict[str, Any] = {"workdir": str(workdir), "api": api, "measured_at": datetime.now(UTC).isoformat()}
+    out: dict[str, Any] = {"workdir": str(workdir), "api": api, "poll_s": poll or 5.0,
+                           "measured_at": datetime.now(UTC).isoformat()}
     os.environ["PREFECT_API_URL"] = api
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -205,9 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=240.0)
     ap.add_argument("--json", type=Path, help="also write the result here")
     ap.add_argument("--api", help="serve against this Prefect API URL (default: lipzoo serve starts a server)")
+    ap.add_argument("--poll", type=float, help="lipzoo serve --poll SECONDS (default: its own, 5)")
     a = ap.parse_args(argv)
     workdir = a.workdir or Path(tempfile.mkdtemp(prefix="lipzoo-bench-deploy-"))
-    res = run(workdir, watcher=a.watcher, timeout=a.timeout, api=a.api)
+    res = run(workdir, watcher=a.watcher, timeout=a.timeout, api=a.api, poll=a.poll)
     text = json.dumps(res, indent=2)
     print(text)
     if a.json:
