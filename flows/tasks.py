@@ -107,7 +107,7 @@ def call_with_hard_stop(fn: Callable[[], T], seconds: float | None, what: str = 
                 if fired.is_set():
                     _async_raise(tid, None)  # clear a pending, undelivered interrupt
     except _HardStop:
-        raise HardStopped(f"{what}: time budget of {seconds:.0f} s exceeded (hard stop)") from None
+        raise HardStopped(f"{what}: time budget of {seconds:.4g} s exceeded (hard stop)") from None
 
 
 # -- rows -----------------------------------------------------------------------------------------------

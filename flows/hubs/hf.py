@@ -127,7 +127,10 @@ def _resolve_one(repo_id: str, revision: str, endpoint: str | None) -> ModelRef 
 def download(ref: ModelRef) -> Path:
     """The snapshot of exactly ref.revision (only weight/config files), from the cache when it is there."""
     from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars
 
+    if not are_progress_bars_disabled():
+        disable_progress_bars()  # an audit has its own progress bar
     kw: dict[str, Any] = {"revision": ref.revision, "allow_patterns": ALLOW}
     if ref.location:
         kw["endpoint"] = ref.location
