@@ -196,7 +196,7 @@ def run_job(job: Job, flow_run_id: str | None = None, gpu_limit: bool = False) -
     except _refusal_types() as e:
         return _refused(out, job, one_line(e), device, flow_run_id, t0)
     out.fetch_seconds = time.perf_counter() - t0
-    left = None if budget is None else max(1.0, budget - out.fetch_seconds)
+    left = None if budget is None else max(0.0, budget - out.fetch_seconds)
     kw: dict[str, Any] = {"device": device, "input_shape": loaded.input_shape, "name": ref.model_id,
                           "budget_s": left, "options": s.options or None}
     if loaded.activation:
