@@ -143,17 +143,11 @@ def test_sigkill_inside_write_transaction_leaves_no_partial_batch(catalog):
     assert cat.latest_revision("hf:org/m000001") == "r1"
 
 
-def test_sigkill_at_an_arbitrary_moment_is_all_or_nothing(catalog, tmp_path):
-    """No hook: the kill lands wherever the child is, aimed at ~60% of a calibrated write; all or nothing."""
-    n_models = 6000  # 72,000 rows
-    scratch = Catalog(tmp_path / "calibrate.duckdb")
-    t0 = time.monotonic()
-    scratch.write(big_batch(n_models, revision="r1"))
-    aim = 0.6 * (time.monotonic() - t0)
+def _kill_during_write(catalog: Catalog, n_models: int, delay: float) -> int:
     child = _spawn(WRITER, str(catalog.path), str(n_models), "nohook")
     try:
         _wait_for(child, "WRITING")
-        time.sleep(aim)
+        time.sleep(delay)
         os.kill(child.pid, signal.SIGKILL)
         child.wait(timeout=30)
     finally:
@@ -163,5 +157,38 @@ def test_sigkill_at_an_arbitrary_moment_is_all_or_nothing(catalog, tmp_path):
     with cat.connect() as con:
         n = con.execute("SELECT count(*) FROM results WHERE revision = 'r1'").fetchone()[0]
         total = con.execute("SELECT count(*) FROM results").fetchone()[0]
-    assert n in (0, n_models * 12)
+        models = con.execute("SELECT count(*) FROM revisions WHERE revision = 'r1'").fetchone()[0]
+    assert n in (0, n_models * 12), n
     assert total == 600 + n
+    assert models == (n_models if n else 0)  # models/revisions rows commit with their results, or not at all
+    return n
+
+
+def _calibrate(tmp_path: Path, n_models: int) -> float:
+    scratch = Catalog(tmp_path / "calibrate.duckdb")
+    t0 = time.monotonic()
+    scratch.write(big_batch(n_models, revision="r1"))
+    return time.monotonic() - t0
+
+
+def test_sigkill_at_an_arbitrary_moment_is_all_or_nothing(catalog, tmp_path):
+    """No hook: the kill lands wherever the child is, aimed at ~60% of a calibrated write; all or nothing."""
+    n_models = 6000  # 72,000 rows
+    _kill_during_write(catalog, n_models, 0.6 * _calibrate(tmp_path, n_models))
+
+
+@pytest.mark.slow
+def test_sigkill_sweep_through_the_write(catalog, tmp_path):
+    """Kills spread from before the transaction to past the commit (checkpoint included): always all or nothing,
+    and the catalog always reopens."""
+    n_models = 6000
+    d = _calibrate(tmp_path, n_models)
+    outcomes = []
+    for frac in (0.2, 0.4, 0.55, 0.7, 0.8, 0.9, 1.0, 1.2):
+        n = _kill_during_write(catalog, n_models, frac * d)
+        outcomes.append(n)
+        if n:  # committed: take it out again so the next kill starts from the same baseline
+            with Catalog(catalog.path).connect() as con:
+                con.execute("DELETE FROM results WHERE revision = 'r1'")
+                con.execute("DELETE FROM revisions WHERE revision = 'r1'")
+    print("rows present after each kill:", outcomes)
