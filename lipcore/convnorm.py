@@ -111,12 +111,28 @@ def down(x: torch.Tensor, fine: Grid, coarse: Grid) -> torch.Tensor:
     if x.shape[0] == 1:  # flat: the same matrix at every frequency
         return x * S
     idx, conj = _alias_np(fine.dims, coarse.dims)
-    i = torch.as_tensor(idx, device=x.device)
-    c = torch.as_tensor(conj, device=x.device)
-    y = x[i]  # (S, Fc, a, b)
-    if c.any():
-        y = torch.where(c[..., None, None], y.conj(), y)
+    y = x[torch.as_tensor(idx, device=x.device)]  # (S, Fc, a, b)
+    if conj.any():
+        c = torch.as_tensor(conj, device=x.device)
+        y[c] = y[c].conj()
     return y.sum(0)
+
+
+def alias_stack(x: torch.Tensor, fine: Grid, coarse: Grid) -> torch.Tensor:
+    """(F_fine, a, b) -> (F_coarse, a, S*b): the S alias blocks side by side, so that
+    stack(X) @ stack(Y)^* = down(X @ Y^*) without forming the fine-grid product."""
+    if fine == coarse:
+        return x
+    S = fine.full // coarse.full
+    if x.shape[0] == 1:
+        return x.expand(1, *x.shape[1:]).repeat(1, 1, S)
+    idx, conj = _alias_np(fine.dims, coarse.dims)
+    y = x[torch.as_tensor(idx, device=x.device)]  # (S, Fc, a, b)
+    if conj.any():
+        c = torch.as_tensor(conj, device=x.device)
+        y[c] = y[c].conj()
+    S_, Fc, a, b = y.shape
+    return y.permute(1, 2, 0, 3).reshape(Fc, a, S_ * b)
 
 
 def up(x: torch.Tensor, coarse: Grid, fine: Grid) -> torch.Tensor:
@@ -124,10 +140,10 @@ def up(x: torch.Tensor, coarse: Grid, fine: Grid) -> torch.Tensor:
     if fine == coarse or x.shape[0] == 1:
         return x
     idx, conj = _expand_np(coarse.dims, fine.dims)
-    i = torch.as_tensor(idx, device=x.device)
-    y = x[i]
+    y = x[torch.as_tensor(idx, device=x.device)]
     if conj.any():
-        y = torch.where(torch.as_tensor(conj, device=x.device)[:, None, None], y.conj(), y)
+        c = torch.as_tensor(conj, device=x.device)
+        y[c] = y[c].conj()
     return y
 
 
@@ -179,33 +195,26 @@ def conv_symbol(w: torch.Tensor, grid: Grid, stride: tuple[int, ...], padding: t
     d = len(k)
     if all(kk == 1 for kk in k) and all(p == 0 for p in padding) and groups == 1:
         return Symbol(w.reshape(1, co, ci).to(device=device, dtype=CDTYPE), grid, False, stride, co, ci)
-    pos = [np.mod(np.array(padding[i]) - np.arange(k[i]) * dilation[i], grid.dims[i]) for i in range(d)]
+    # W(w) = sum_taps K[..., a] exp(-2 pi i w.m_a / N) with m_a = p - a*d: one (F x taps) @ (taps x co*ci) product
+    taps = np.stack(np.meshgrid(*[np.arange(kx) for kx in k], indexing="ij"), -1).reshape(-1, d)  # (T, d)
+    m = np.array(padding)[None, :] - taps * np.array(dilation)[None, :]
+    wf = np.stack(np.meshgrid(*[np.arange(h) for h in grid.half], indexing="ij"), -1).reshape(-1, d)  # (F, d)
+    theta = -2 * np.pi * ((wf[:, None, :] * m[None, :, :]) / np.array(grid.dims)[None, None, :]).sum(-1)
+    E = torch.as_tensor(np.exp(1j * theta), dtype=CDTYPE, device=device)  # (F, T)
     depthwise = groups == ci and co == ci
     if depthwise:
-        z = torch.zeros((co, *grid.dims), dtype=torch.float64, device=device)
-        kk = w[:, 0].to(device)
-    else:
-        z = torch.zeros((co, ci, *grid.dims), dtype=torch.float64, device=device)
-        if groups == 1:
-            kk = w.to(device)
-        else:  # block-diagonal dense kernel
-            kk = torch.zeros((co, ci, *k), dtype=torch.float64, device=device)
-            og = co // groups
-            for gi in range(groups):
-                kk[gi * og:(gi + 1) * og, gi * cig:(gi + 1) * cig] = w[gi * og:(gi + 1) * og].to(device)
-    idx = np.meshgrid(*[np.arange(kx) for kx in k], indexing="ij")
-    for tap in zip(*[i.reshape(-1) for i in idx], strict=True):
-        dst = tuple(int(pos[i][tap[i]]) for i in range(d))
-        z[(..., *dst)] += kk[(..., *tap)]
-    spatial = tuple(range(-d, 0))
-    s = torch.fft.rfftn(z, dim=spatial, norm="backward")  # sum_m z[m] e^{-2 pi i w m / N}
-    nsp = s.shape[-d:]
-    if depthwise:
-        arr = s.reshape(co, -1).T.contiguous()  # (F, c)
-        return Symbol(arr.to(CDTYPE), grid, True, stride, co, ci)
-    arr = s.reshape(co, ci, -1).permute(2, 0, 1).contiguous()
-    assert int(np.prod(nsp)) == grid.F
-    return Symbol(arr.to(CDTYPE), grid, False, stride, co, ci)
+        kk = w[:, 0].reshape(co, -1).T.to(device=device, dtype=CDTYPE)  # (T, c)
+        return Symbol(E @ kk, grid, True, stride, co, ci)
+    if groups == 1:
+        kd = w
+    else:  # block-diagonal dense kernel
+        kd = torch.zeros((co, ci, *k), dtype=torch.float64)
+        og = co // groups
+        for gi in range(groups):
+            kd[gi * og:(gi + 1) * og, gi * cig:(gi + 1) * cig] = w[gi * og:(gi + 1) * og]
+    kk = kd.reshape(co * ci, -1).T.to(device=device, dtype=CDTYPE)  # (T, co*ci)
+    arr = (E @ kk).reshape(grid.F, co, ci)
+    return Symbol(arr, grid, False, stride, co, ci)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -227,6 +236,16 @@ def power_estimate(x: torch.Tensor, iters: int = 30, seed: int = 0) -> torch.Ten
         xv = x @ v
         est = (v.mH @ xv).real.reshape(F)
         v = xv
+    return est
+
+
+def lmax_estimate(x: torch.Tensor, iters: int = 8) -> float:
+    """max_w lambda_max estimate (power iteration, at least the largest diagonal entry): chooses multipliers."""
+    F, c, _ = x.shape
+    est = float(x.diagonal(dim1=-2, dim2=-1).real.max())
+    step = _chunks(F, c)
+    for i in range(0, F, step):
+        est = max(est, float(power_estimate(x[i:i + step], iters).max()))
     return est
 
 
@@ -262,6 +281,6 @@ def lmax_upper(x: torch.Tensor, iters: int = 30, check_deadline: object = None) 
 
 def spectral_norm_matrix(w: torch.Tensor) -> float:
     """Certified ||W||_2 of a dense real matrix (via the smaller Gram matrix)."""
-    w = w.to(torch.float64)
+    w = w.detach().to(torch.float64)
     g = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
     return math.sqrt(lmax_upper(g.to(CDTYPE)[None]))

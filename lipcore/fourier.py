@@ -67,6 +67,7 @@ class TS:
     r: tuple[int, ...]
     clean: bool = True
     point: bool = False  # a vector (no spatial structure left): one frequency
+    flat: bool = True  # its storage is the same at every frequency (only 1x1 maps since the last restart)
 
     @property
     def sdims(self) -> tuple[int, ...]:
@@ -121,6 +122,13 @@ class Engine:
         self.last_use = {k: max((order[c] for c in v), default=order[k]) for k, v in cons.items()}
         self.last_use[g.output] = len(g.nodes)
         self.cons = cons
+        self.i = -1
+        self.factor: dict[str, tuple[torch.Tensor, cn.Grid]] = {}  # P_tt = R^* R kept factored (R = L^{-1})
+        self.lazy_sigma: dict[str, float] = {}  # certified lambda_max(P_tt) when P_tt is never needed itself
+
+    def dying(self, t: str) -> bool:
+        """t is consumed for the last time by the node being processed (its cross storage is never read)."""
+        return self.last_use.get(t, -1) <= self.i and t != self.g.output
 
     # ---------------------------------------------------------------------------------------------- grids
     def grid(self, t: TS) -> cn.Grid:
@@ -153,6 +161,9 @@ class Engine:
 
     # ---------------------------------------------------------------------------------------------- storage
     def getP(self, a: str, b: str) -> torch.Tensor:
+        if a == b and a in self.factor and (a, a) not in self.P:
+            R, _ = self.factor[a]
+            self.P[(a, a)] = R.mH @ R
         if (a, b) in self.P:
             return self.P[(a, b)]
         if (b, a) in self.P:
@@ -169,6 +180,8 @@ class Engine:
 
     def drop(self, name: str) -> None:
         self.live.pop(name, None)
+        self.factor.pop(name, None)
+        self.lazy_sigma.pop(name, None)
         for k in [k for k in self.P if name in k]:
             del self.P[k]
 
@@ -176,6 +189,7 @@ class Engine:
     def run(self) -> float:
         g = self.g
         for i, node in enumerate(g.nodes):
+            self.i = i
             self.check()
             getattr(self, f"_op_{node.op}", self._op_other)(node)
             for u in set(node.inputs):
@@ -200,7 +214,7 @@ class Engine:
             self.live[y.name] = y
             return
         gy = self.grid(y)
-        others = list(self.live)
+        others = [t for t in self.live if not self.dying(t)]
         self.live[y.name] = y
         sig = []
         for u, _, _ in terms:
@@ -213,24 +227,48 @@ class Engine:
                 gu = self.grid(self.live[u])
                 gut = cn.finer(gu, gt)
                 x = self.getP(u, t)
-                if A is not None:
-                    x = A.on(gut).left(x)
-                x = cn.down(x, gut, cn.finer(gy, gt)) * (coef / s)
+                if A is not None and A.flat:  # a constant symbol commutes with the alias sum: fold first
+                    x = A.left(cn.down(x, gut, cn.finer(gy, gt))) * (coef / s)
+                else:
+                    if A is not None:
+                        x = A.on(gut).left(x)
+                    x = cn.down(x, gut, cn.finer(gy, gt)) * (coef / s)
                 acc = x if acc is None else _add(acc, x)
             self.setP(y.name, t, acc)
         acc = None
+        if len(terms) == 1 and terms[0][1] is not None and terms[0][0] in self.factor \
+                and (terms[0][0], terms[0][0]) not in self.P:
+            u, A, cu = terms[0]
+            R, gu = self.factor[u]  # P_uu = R^* R  =>  P_yy = (A R^*)(A R^*)^*
+            X = A.on(gu).left(R.mH)
+            X = cn.alias_stack(X, gu, gy) if gu != gy else X
+            self.setP(y.name, y.name, (X @ X.mH) * (cu * cu / sig[0] ** 2))
+            return
         for (u, A, cu), su in zip(terms, sig, strict=True):
             for (v, B, cv), sv in zip(terms, sig, strict=True):
                 gu, gv = self.grid(self.live[u]), self.grid(self.live[v])
                 guv = cn.finer(gu, gv)
                 x = self.getP(u, v)
+                if (A is None or A.flat) and (B is None or B.flat) and guv != gy:
+                    x = cn.down(x, guv, gy)
+                    x = A.left(x) if A is not None else x
+                    x = B.right_h(x) if B is not None else x
+                    x = x * (cu * cv / (su * sv))
+                    acc = x if acc is None else _add(acc, x)
+                    continue
                 if A is not None:
                     x = A.on(guv).left(x)
+                if B is not None and not B.diag and guv != gy and x.shape[0] > 1:
+                    # sum_j X_j B_j^*: alias-stack both instead of forming the fine-grid product
+                    x = cn.alias_stack(x, guv, gy) @ cn.alias_stack(B.on(guv).arr, guv, gy).mH
+                    x = x * (cu * cv / (su * sv))
+                    acc = x if acc is None else _add(acc, x)
+                    continue
                 if B is not None:
                     x = B.on(guv).right_h(x)
                 x = cn.down(x, guv, gy) * (cu * cv / (su * sv))
                 acc = x if acc is None else _add(acc, x)
-        self.setP(y.name, y.name, _herm(acc))
+        self.setP(y.name, y.name, acc)
         self.stats.flops += _cost(acc)
 
     def restart(self, node: Node | None, c: float, inputs: list[str], new: TS | None = None) -> None:
@@ -241,7 +279,10 @@ class Engine:
         sigma2 = 0.0
         if not self.dry:
             for t in self.live:
-                sigma2 += cn.lmax_upper(self.getP(t, t), check_deadline=self.check)
+                if t in self.lazy_sigma:
+                    sigma2 += self.lazy_sigma[t]
+                else:
+                    sigma2 += cn.lmax_upper(self.getP(t, t), check_deadline=self.check)
         idx = {n.name: i for i, n in enumerate(self.g.nodes)}
         here = idx[node.name] if node is not None else -1
         all_die = node is not None and all(self.last_use.get(u, -1) <= here for u in inputs)
@@ -252,11 +293,13 @@ class Engine:
         newlive = {}
         for t in survivors:
             ts = self.live[t]
-            newlive[t] = replace(ts, root=f"{t}@{self.nrestart}", r=(1,) * len(ts.sdims), clean=True)
+            newlive[t] = replace(ts, root=f"{t}@{self.nrestart}", r=(1,) * len(ts.sdims), clean=True, flat=True)
         if new is not None:
-            newlive[new.name] = replace(new, root=new.name, r=(1,) * len(new.sdims), clean=True)
+            newlive[new.name] = replace(new, root=new.name, r=(1,) * len(new.sdims), clean=True, flat=True)
         self.live = newlive
         self.P = {}
+        self.factor = {}
+        self.lazy_sigma = {}
         for t, ts in newlive.items():
             if not ts.point and ts.sdims:
                 self._need(ts, ts.n)
@@ -324,10 +367,11 @@ class Engine:
                    None if point else tuple(u.r[i] * s[i] for i in range(d)))
         clean = u.clean and all(p[i] == 0 and (k[i] - 1) * dl[i] < s[i] and s[i] * n_y[i] >= n_u[i]
                                 for i in range(d))
+        flat = u.flat and all(x == 1 for x in k) and all(x == 0 for x in p) and groups == 1
         if point:
             y = TS(node.name, node.shape, 0, u.root, (), clean, point=True)
         else:
-            y = TS(node.name, node.shape, 0, u.root, tuple(u.r[i] * s[i] for i in range(d)), clean)
+            y = TS(node.name, node.shape, 0, u.root, tuple(u.r[i] * s[i] for i in range(d)), clean, flat=flat)
             self._need(y, y.n)
         if self.dry:
             self.live[y.name] = y
@@ -404,7 +448,7 @@ class Engine:
                                          and not b.point)
         if not same:
             return self._restart_node(node, math.hypot(c1, c2), like=a)
-        y = replace(a, name=node.name, shape=node.shape, clean=a.clean and b.clean)
+        y = replace(a, name=node.name, shape=node.shape, clean=a.clean and b.clean, flat=a.flat and b.flat)
         self.push(y, [(a.name, None, c1), (b.name, None, c2)])
 
     def _op_cat(self, node: Node) -> None:
@@ -477,19 +521,19 @@ class Engine:
             self._sector(node.name, node.shape, v, b)
             return
         tmp = node.name + "#psi"
-        self._sector(tmp, node.shape, v, b - a)
+        self._sector(tmp, node.shape, v, b - a, keep=(v.name,))
         y = replace(v, name=node.name, shape=node.shape, clean=True)
         self.push(y, [(v.name, None, a), (tmp, None, 1.0)])
         self.drop(tmp)
 
-    def _sector(self, name: str, shape: tuple[int, ...], v: TS, beta: float) -> None:
+    def _sector(self, name: str, shape: tuple[int, ...], v: TS, beta: float, keep: tuple[str, ...] = ()) -> None:
         h = replace(v, name=name, shape=shape, clean=True)
         if self.dry:
-            self.act_sizes.append((v.root, v.r, v.c, v.point or not v.sdims))
+            self.act_sizes.append((v.root, v.r, v.c, v.point or not v.sdims or v.flat))
             self.live[name] = h
             return
         gv = self.grid(v)
-        gamma = _herm(self.getP(v.name, v.name) * (beta * beta))
+        gamma = self.getP(v.name, v.name) * (beta * beta)
         lam = self.rule(gamma, gv)
         lam_t = (torch.as_tensor(lam, dtype=torch.float64, device=self.dev) if not isinstance(lam, float)
                  else torch.full((v.c,), lam, dtype=torch.float64, device=self.dev))
@@ -503,7 +547,16 @@ class Engine:
             raise CertificationError(f"no admissible multiplier at {name}")
         self.stats.min_margin = min(self.stats.min_margin, margin)
         lamc = lam_t.to(cn.CDTYPE)
-        others = list(self.live)
+        others = [t for t in self.live if t in keep or not self.dying(t)]
+        cons = self.cons.get(name, [])
+        if not others and cons and all(self.g.node(c).op == "maxpool" for c in cons) and isinstance(lam, float):
+            # only a restart reads h: lambda_max(P_hh) = 1/lambda_min(M) <= 1/(lam (2 - lam tau)), tau >= lmax(Gamma)
+            tau = cn.lmax_upper(gamma, check_deadline=self.check)
+            lam_s = float(lam_t[0])
+            if lam_s * tau < 1.999:
+                self.lazy_sigma[name] = 1.0 / (lam_s * (2.0 - lam_s * tau))
+                self.live[name] = h
+                return
         B = {}
         for t in others:
             gt = self.grid(self.live[t])
@@ -518,12 +571,12 @@ class Engine:
                 tgt = cn.finer(self.grid(self.live[t]), self.grid(self.live[t2]))
                 upd = cn.down(upd, g3, tgt)
                 cur = self.getP(t, t2)
-                self.setP(t, t2, _herm(_add(cur, upd)) if t == t2 else _add(cur, upd))
+                self.setP(t, t2, _add(cur, upd))
         self.live[name] = h
         for t in others:
             bt, gvt = B[t]
             self.setP(t, name, bt.mH @ cn.up(Linv, gv, gvt))
-        self.setP(name, name, _herm(Linv.mH @ Linv))
+        self.factor[name] = (Linv, gv)  # P_hh = Linv^* Linv, formed only if someone reads it
         self.stats.flops += _cost(gamma) * (2 + len(others))
 
 
@@ -551,7 +604,8 @@ def _chol_m(gamma: torch.Tensor, lam: torch.Tensor, chunk: int,
     margin = math.inf
     for i in range(0, F, step):
         gi = gamma[i:i + step]
-        M = 2 * torch.diag_embed(lamc).expand(gi.shape[0], c, c) - lamc[:, None] * gi * lamc[None, :]
+        M = gi * (-(lamc[:, None] * lamc[None, :]))
+        M.diagonal(dim1=-2, dim2=-1).add_(2 * lamc)
         L, info = torch.linalg.cholesky_ex(M)
         if bool((info != 0).any()):
             return None, None, 0.0
@@ -563,6 +617,8 @@ def _chol_m(gamma: torch.Tensor, lam: torch.Tensor, chunk: int,
         Linvs.append(torch.linalg.solve_triangular(L, eye.expand(gi.shape[0], c, c), upper=False))
         Ls.append(L)
         check()
+    if len(Ls) == 1:
+        return Ls[0], Linvs[0], margin
     return torch.cat(Ls), torch.cat(Linvs), margin
 
 

@@ -300,7 +300,8 @@ def _classify(b: _Builder, n: torch.fx.Node, args: tuple, kwargs: dict, val: Any
     ins = [b.src(a.name) for a in tin]
     first = n.args[0] if n.args else None
     x_tainted = isinstance(first, torch.fx.Node) and first.name in b.taint
-    in_shape = _shape(env[first.name]) if isinstance(first, torch.fx.Node) else ()
+    tfirst = first if x_tainted else (tin[0] if tin else None)
+    in_shape = _shape(env[tfirst.name]) if isinstance(tfirst, torch.fx.Node) else ()
     attrs: dict[str, Any] = {"in_shape": in_shape}
 
     def lin_weight_ok(*idx: int) -> bool:
@@ -496,6 +497,25 @@ def _classify(b: _Builder, n: torch.fx.Node, args: tuple, kwargs: dict, val: Any
             return
         cc = c.reshape(c.shape[1:] if c.dim() == len(in_shape) + 1 else c.shape)
         attrs.update(_scale_attrs(cc, in_shape))
+        b.add(Node(name, "scale", ins, shape, attrs, op))
+        return
+    if op == "addcmul":  # input + value * t1 * t2 (timm's Affine: beta + alpha * x)
+        value = float(kwargs.get("value", args[3] if len(args) > 3 else 1.0))
+        tt = [isinstance(a, torch.fx.Node) and a.name in b.taint for a in n.args[:3]]
+        if tt[1] and tt[2]:
+            b.bad(name, op, shape, ins, "multiplicative gating x*g(x) is not globally Lipschitz", NOT_LIPSCHITZ)
+            return
+        if not tt[1] and not tt[2]:  # tainted input + constant product: an affine shift
+            b.alias[name] = ins[0]
+            return
+        if tt[0]:
+            b.bad(name, op, shape, ins, "addcmul adding two input-dependent terms", UNKNOWN)
+            return
+        xi = 1 if tt[1] else 2
+        c = torch.as_tensor(args[3 - xi], dtype=torch.float64).detach() * value
+        in_shape = _shape(env[n.args[xi].name])
+        attrs["in_shape"] = in_shape
+        attrs.update(_scale_attrs(c.reshape(c.shape[1:]) if c.dim() == len(in_shape) + 1 else c, in_shape))
         b.add(Node(name, "scale", ins, shape, attrs, op))
         return
     if op == "cat":

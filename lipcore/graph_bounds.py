@@ -56,11 +56,9 @@ def conv_norm(node: Node, w: torch.Tensor | None = None, device: torch.device | 
         x = (sym.arr.abs() ** 2)[..., None, :]  # (F, 1, c): diagonal blocks as a batch of 1x1 "matrices"
         x = cn.down(x.transpose(1, 2), g, gy) / S  # (Fy, c, 1)
         return math.sqrt(float(x.real.max()) * (1 + 1e-12))
-    arr = sym.arr
-    if S == 1 and arr.shape[2] < arr.shape[1]:
-        gram = arr.mH @ arr
-    else:
-        gram = cn.down(arr @ arr.mH, g, gy) / S
+    B = cn.alias_stack(sym.arr, g, gy)  # (Fy, co, S*ci): ||C||^2 = max lambda_max(B B^*) / S
+    gram = B.mH @ B if B.shape[2] < B.shape[1] else B @ B.mH
+    gram = gram / S
     return math.sqrt(cn.lmax_upper((gram + gram.mH) / 2))
 
 
@@ -136,9 +134,13 @@ def naive(g: GraphModel, ctx: Context) -> tuple[float, dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------------------
 # multiplier rules (on Gamma blocks (F|1, c, c) over a grid)
 # ---------------------------------------------------------------------------------------------------------
-def rule_spectral(c: float) -> fourier.Rule:
+def rule_spectral(c: float, certified_lmax: bool = False) -> fourier.Rule:
+    """Lambda = c / lambda_max(Gamma). lambda_max only *chooses* Lambda (a power-iteration estimate, inflated by
+    1e-6): admissibility is certified afterwards by the Cholesky factorisation of every M block."""
     def rule(gamma: torch.Tensor, grid: cn.Grid) -> float:
-        return c / cn.lmax_upper(gamma)
+        if certified_lmax:
+            return c / cn.lmax_upper(gamma)
+        return c / (cn.lmax_estimate(gamma) * (1 + 1e-6))
     return rule
 
 

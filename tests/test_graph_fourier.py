@@ -236,7 +236,7 @@ def test_fourier_equals_dense_circular(idx: int) -> None:
     val, _ = fourier.run_recursion(g, exact, torch.device("cpu"), circular=True)
     assert val == pytest.approx(ref, rel=2e-6)  # only the final certified lambda_max is inflated (1e-6)
     cert, _ = fourier.run_recursion(g, gb.rule_spectral(1.0), torch.device("cpu"), circular=True)
-    assert cert == pytest.approx(ref, rel=1e-4)  # certified lambda_max is inflated by ~1e-6 per layer
+    assert cert == pytest.approx(ref, rel=1e-2)  # lambda from an 8-step power estimate: another feasible point
 
 
 @pytest.mark.parametrize("idx", [0, 1, 2])

@@ -1,0 +1,121 @@
+"""Architectures benchmark: certified bounds of timm models (random weights) through the graph engine.
+
+    python -m benchmarks.bench_arch [--models resnet18,vgg11] [--quick] [--device cpu|cuda] [--budget 900]
+
+Prints, per model: status (ok / ok+vacuous / refused with the operator), naive, best certified bound (variant),
+lower bound, naive/best, seconds; and PASS/FAIL for the resnet18 target (>= 1000x below naive, < 180 s for
+eclipse-fast on CPU). Models are created with pretrained=False and torch.manual_seed(0); classifier weights
+that timm initialises to zero (Mixer, ResMLP heads) are re-drawn at random so the bounds are not all zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ALL = ["resnet18", "resnet50", "vgg11", "mobilenetv2_100", "mobilenetv3_small_100", "efficientnet_b0",
+       "mixer_s16_224", "resmlp_12_224", "vit_tiny_patch16_224"]
+QUICK = ["mobilenetv3_small_100", "efficientnet_b0", "vit_tiny_patch16_224", "mixer_s16_224", "resmlp_12_224"]
+TARGET = ("resnet18", 1000.0, 180.0)
+
+
+def _lower_opts(quick: bool) -> dict:
+    if quick:
+        return {"lower-sampled": {"samples": 2, "power_iters": 3, "batch": 2},
+                "lower-ascent": {"starts": 1, "steps": 3, "jv_steps": 3, "power_iters": 3}}
+    return {"lower-sampled": {"samples": 4, "power_iters": 5, "batch": 2},
+            "lower-ascent": {"starts": 1, "steps": 5, "jv_steps": 5, "power_iters": 5}}
+
+
+def _reinit_zero(m) -> None:  # noqa: ANN001
+    import torch
+
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.dim() >= 2 and float(p.abs().max()) == 0.0:
+                p.normal_(0, 0.02)
+
+
+def run(models: list[str], device: str, budget: float, quick: bool, members: bool) -> int:
+    import timm
+    import torch
+
+    import lipcore
+
+    variants = ["naive", "eclipse-fast", "lower-sampled", "lower-ascent"]
+    if members:
+        variants.insert(2, "sh-combined")
+    opts = _lower_opts(quick)
+    # family members run only where one full propagation is cheap
+    for v in ("sh-spectral", "sh-gershgorin", "sh-shift"):
+        opts[v] = {"max_est_s": 60.0 if quick else 300.0, "c_grid": [1.5] if v != "sh-gershgorin" else [1.7]}
+    head = (f"{'model':24s} {'status':44s} {'naive':>11s} {'best certified':>26s} {'lower':>10s} "
+            f"{'naive/best':>10s} {'s(ef)':>7s} {'s(total)':>8s}")
+    print(head)
+    print("-" * len(head), flush=True)
+    verdict = 0
+    for name in models:
+        torch.manual_seed(0)
+        t0 = time.perf_counter()
+        try:
+            m = timm.create_model(name, pretrained=False)
+            _reinit_zero(m)
+            rep = lipcore.analyze(m, variants, device=device, name=name, options=opts, budget_s=budget)
+        except Exception as e:  # noqa: BLE001 - a benchmark row, not a crash
+            print(f"{name:24s} FAILED: {type(e).__name__}: {e}", flush=True)
+            verdict = 1
+            continue
+        total = time.perf_counter() - t0
+        res = rep.results
+        best = rep.best_upper()
+        low = rep.best_lower()
+        nv = res["naive"]
+        ef = res["eclipse-fast"]
+        failed = [k for k, r in res.items() if r.status == "failed"]
+        if failed:
+            status = "FAILED " + ",".join(failed) + ": " + (res[failed[0]].reason or "")[:40]
+            verdict = 1
+        elif best is None:
+            status = "refused: " + (nv.reason or ef.reason or "")
+        else:
+            status = "ok+vacuous" if best.vacuous else "ok"
+            if ef.status == "refused":
+                status += " (eclipse-fast refused: cost)" if "TFLOP" in (ef.reason or "") else " (eclipse-fast refused)"
+        nvs = f"{nv.value:.4g}" if nv.value is not None else "-"
+        bs = f"{best.value:.4g} ({best.variant})" if best is not None else "-"
+        lbs = f"{low.value:.4g}" if low is not None else "-"
+        ratio = nv.value / best.value if best is not None and nv.value and best.value else float("nan")
+        print(f"{name:24s} {status[:44]:44s} {nvs:>11s} {bs:>26s} {lbs:>10s} {ratio:10.1f} {ef.seconds:7.1f} "
+              f"{total:8.1f}", flush=True)
+        if len(status) > 44:
+            print(f"{'':24s}   {status}", flush=True)
+        if best is not None and low is not None and best.value < low.value:
+            print(f"{'':24s}   UNSOUND: best {best.value} < lower {low.value}", flush=True)
+            verdict = 1
+        if name == TARGET[0]:
+            ok = ef.status == "ok" and ratio >= TARGET[1] and ef.seconds < TARGET[2]
+            print(f"{'':24s}   target {TARGET[0]}: naive/best >= {TARGET[1]:g} and eclipse-fast < {TARGET[2]:g} s"
+                  f" on CPU: {'PASS' if ok else 'FAIL'} (ratio {ratio:.0f}, {ef.seconds:.0f} s; "
+                  f"{ef.params.get('restarts', '?')} restarts, grids {ef.params.get('grids', {})})", flush=True)
+    return verdict
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=None, help="comma-separated timm names (default: all nine)")
+    ap.add_argument("--quick", action="store_true", help="cheap models only, tiny lower-bound budgets")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--budget", type=float, default=1200.0, help="seconds per model")
+    ap.add_argument("--members", action="store_true", help="also run sh-combined (one propagation per member)")
+    a = ap.parse_args(argv)
+    models = a.models.split(",") if a.models else (QUICK if a.quick else ALL)
+    return run(models, a.device, a.budget, a.quick, a.members)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
