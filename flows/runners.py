@@ -11,18 +11,23 @@ spec grammar:
     "ray"                            prefect_ray.RayTaskRunner() starting a local Ray
     "ray://HOST:PORT"                prefect_ray.RayTaskRunner(address="ray://HOST:PORT")
 
-One GPU per bound task: wrap the `.submit()`/`.map()` of a bound task in `with gpu_resources(device):`.
-Under Dask it annotates the tasks with `resources={"GPU": 1}` (workers started with `--resources GPU=1`
-then run one such task at a time); under Ray it sets `remote_options(num_gpus=1)`; under threads it does
-nothing (a single host shares its GPU).
+One GPU per bound task: the Dask runners made here give every task tagged `lipzoo-gpu` (flows.tasks tags
+its GPU bound tasks so) `resources={"GPU": 1}` when the cluster advertises GPU slots, so workers started
+with `--resources GPU=1` run one such task at a time. Explicitly, for any task: wrap its `.submit()` /
+`.map()` in `with gpu_resources(device):` -- Dask annotation, Ray `remote_options(num_gpus=1)`, nothing
+under threads (a single host shares its GPU).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from collections.abc import Iterator
 from typing import Any
+
+# flows.tasks tags the bound tasks that run on a GPU with this (and holds its Prefect concurrency limit)
+GPU_TAG = "lipzoo-gpu"
 
 _SPEC_HELP = ("threads[:N], processes[:N], dask, dask:N, dask://HOST:PORT, tcp://HOST:PORT, ray or "
               "ray://HOST:PORT")
@@ -73,12 +78,12 @@ def make_task_runner(spec: str | None) -> Any:
         return ProcessPoolTaskRunner(max_workers=_count(s, s.partition(":")[2]))
     if kind == "dask":
         try:
-            from prefect_dask import DaskTaskRunner
+            runner_cls = _gpu_aware_dask_runner()
         except ImportError as e:
             raise _missing_extra("dask", e) from None
         if "://" in s:
             scheme, _, hostport = s.partition("://")
-            return DaskTaskRunner(address=f"{'tcp' if scheme == 'dask' else scheme}://{hostport}")
+            return runner_cls(address=f"{'tcp' if scheme == 'dask' else scheme}://{hostport}")
         n = _count(s, s.partition(":")[2])
         kwargs: dict[str, Any] = {"processes": True, "threads_per_worker": 1, "dashboard_address": ":0"}
         if n:
@@ -87,7 +92,7 @@ def make_task_runner(spec: str | None) -> Any:
         if gpus:
             kwargs["resources"] = {"GPU": 1}  # each local worker process owns one GPU slot
             kwargs["n_workers"] = min(n or gpus, gpus)
-        return DaskTaskRunner(cluster_kwargs=kwargs)
+        return runner_cls(cluster_kwargs=kwargs)
     try:
         from prefect_ray import RayTaskRunner
     except ImportError as e:
@@ -95,6 +100,34 @@ def make_task_runner(spec: str | None) -> Any:
     if s == "ray":
         return RayTaskRunner(init_kwargs={"include_dashboard": False})
     return RayTaskRunner(address=s)
+
+
+@functools.cache
+def _gpu_aware_dask_runner() -> type:
+    """DaskTaskRunner that gives each task tagged GPU_TAG one GPU slot (when the cluster has GPU slots)."""
+    import dask
+    from prefect_dask import DaskTaskRunner
+
+    class LipzooDaskTaskRunner(DaskTaskRunner):
+        _lipzoo_gpu_slots: float | None = None
+
+        def submit(self, task: Any, parameters: dict[str, Any], wait_for: Any = None,
+                   dependencies: Any = None) -> Any:
+            wants_gpu = GPU_TAG in (getattr(task, "tags", None) or ()) and "resources" not in dask.get_annotations()
+            if wants_gpu:
+                if self._lipzoo_gpu_slots is None:
+                    self._lipzoo_gpu_slots = _dask_gpu_slots(self)
+                if self._lipzoo_gpu_slots >= 1:
+                    with dask.annotate(resources={"GPU": 1}):
+                        return super().submit(task, parameters, wait_for, dependencies)
+            return super().submit(task, parameters, wait_for, dependencies)
+
+    LipzooDaskTaskRunner.__qualname__ = LipzooDaskTaskRunner.__name__
+    return LipzooDaskTaskRunner
+
+
+def _is(runner: Any, class_name: str) -> bool:
+    return any(c.__name__ == class_name for c in type(runner).__mro__)
 
 
 def _local_gpu_count() -> int:
@@ -133,11 +166,11 @@ def gpu_resources(device: str | None = "auto", gpus: int = 1, runner: Any = None
     """
     dev = (device or "auto").split(":")[0]
     runner = runner if runner is not None else _current_task_runner()
-    name = type(runner).__name__ if runner is not None else ""
-    if dev == "cpu" or name not in ("DaskTaskRunner", "RayTaskRunner"):
+    is_dask, is_ray = _is(runner, "DaskTaskRunner"), _is(runner, "RayTaskRunner")
+    if dev == "cpu" or not (is_dask or is_ray):
         yield "none"
         return
-    if name == "DaskTaskRunner":
+    if is_dask:
         import dask
 
         slots = _dask_gpu_slots(runner)

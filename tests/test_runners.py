@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.runners import RunnerSpecError, gpu_resources, make_task_runner, runner_kind
+from flows.runners import GPU_TAG, RunnerSpecError, gpu_resources, make_task_runner, runner_kind
 
 NETS = [(2, 20), (5, 20), (10, 40), (3, 60)]  # (layers, width) of the ECLipsE benchmark
 VARIANTS = ["naive", "eclipse-fast"]
@@ -198,6 +198,38 @@ def test_local_dask_cluster_matches_threads_and_serialises_gpu_tasks(local_refer
     assert kind == "dask"
     _assert_same_bounds(local_reference, remote)
     assert len(jobs) == 4 and _overlaps(jobs) == 0, f"GPU-annotated tasks overlapped: {jobs}"
+
+
+def test_tasks_tagged_for_the_gpu_get_a_slot_without_being_asked(prefect_harness, tmp_path):
+    """flows.audit submits GPU bound tasks tagged `lipzoo-gpu` straight to the runner (no gpu_resources
+    block): the runner annotates them itself, and leaves untagged tasks alone."""
+    import cloudpickle
+    from prefect import flow, task
+
+    try:
+        from flows.tasks import GPU_TAG as FLOWS_GPU_TAG
+    except ImportError:  # flows/tasks.py not in this checkout
+        FLOWS_GPU_TAG = GPU_TAG
+    assert FLOWS_GPU_TAG == GPU_TAG
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    job = task(_timed_gpu_job, name="gpu-job")
+
+    @flow(name="runners-tagged")
+    def f(tmp: str) -> tuple[list, list]:
+        # made here, not captured: the flow (pickled by value with this module) must not hold a live client
+        runner = make_task_runner("dask:1")
+        runner.cluster_kwargs.update(processes=False, threads_per_worker=2, resources={"GPU": 1},
+                                     local_directory=tmp)
+        with runner:  # as flows.audit uses it: entered and submitted to directly
+            tagged = [runner.submit(job.with_options(tags=[GPU_TAG]), {"i": i}) for i in range(4)]
+            tagged = [x.result() for x in tagged]
+            plain = [runner.submit(job, {"i": i}) for i in range(4)]
+            plain = [x.result() for x in plain]
+        return tagged, plain
+
+    tagged, plain = f(str(tmp_path))
+    assert _overlaps(tagged) == 0, f"tagged GPU tasks overlapped: {tagged}"
+    assert _overlaps(plain) > 0, f"untagged tasks never overlapped: {plain}"
 
 
 @pytest.mark.slow
