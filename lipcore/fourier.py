@@ -597,6 +597,12 @@ def _chol_m(gamma: torch.Tensor, lam: torch.Tensor, chunk: int,
             check: Callable[[], None]) -> tuple[torch.Tensor | None, torch.Tensor | None, float]:
     """Cholesky of M = 2 Lambda - Lambda Gamma Lambda at every frequency, and L^{-1}. None if not PD."""
     F, c, _ = gamma.shape
+    if F == 1 and gamma.is_complex() and not bool(gamma.imag.any()):
+        # a flat block is real (Hermitian frequency symmetry): factor in float64, 4x cheaper than complex
+        L, Linv, margin = _chol_m(gamma.real.contiguous(), lam, chunk, check)
+        if L is None:
+            return None, None, 0.0
+        return L.to(gamma.dtype), Linv.to(gamma.dtype), margin
     lamc = lam.to(gamma.dtype)
     eye = torch.eye(c, dtype=gamma.dtype, device=gamma.device)
     step = max(1, min(F, chunk // max(1, c * c)))

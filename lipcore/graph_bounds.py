@@ -26,7 +26,7 @@ from .graph import GraphModel, Node
 from .variants import Context
 
 # complex flops per second of the batched per-frequency linear algebra (for the cost guard; measured roughly)
-_RATE = {"cpu": 1.5e9, "cuda": 2e11}
+_RATE = {"cpu": 1.0e9, "cuda": 2e11}
 DEFAULT_MAX_EST_S = {"cpu": 900.0, "cuda": 1800.0}
 
 
