@@ -55,14 +55,8 @@ SELECT model_id, revision, variant, engine_version, hub, repo_id, weights_digest
 FROM _lipzoo_batch
 """
 
-UPSERT_RESULTS_SQL = """
-INSERT INTO results (model_id, revision, variant, engine_version, hub, repo_id, weights_digest, kind, status,
-                     value, reason, seconds, device, params, lipzoo_version, run_id, flow_run_id, computed_at,
-                     written_at, vacuous)
-SELECT model_id, revision, variant, engine_version, hub, repo_id, weights_digest, kind, status,
-       value, reason, seconds, device, params::JSON, lipzoo_version, run_id, flow_run_id,
-       timezone('UTC', computed_at), $1, vacuous
-FROM _lipzoo_batch
+# an ok result is never overwritten by a failed/refused re-run of the same key
+UPSERT_RESULTS_SQL = INSERT_RESULTS_SQL + """\
 ON CONFLICT (model_id, revision, variant, engine_version) DO UPDATE SET
     hub = excluded.hub, repo_id = excluded.repo_id, weights_digest = excluded.weights_digest,
     kind = excluded.kind, status = excluded.status, value = excluded.value, reason = excluded.reason,

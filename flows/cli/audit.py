@@ -204,17 +204,25 @@ def _prestart() -> Any:
     return start_temporary_server()
 
 
-def cmd_audit(args: argparse.Namespace) -> int:
+def _start(args: argparse.Namespace) -> Any:
+    """The zoo the arguments name, with Prefect quiet and its temporary server up (started first: it boots
+    while the zoo manifest is read and the flows import)."""
     server = _prestart()
     zoo = _zoo_arg(args)
     _quiet_prefect(args.verbose)
-    from flows.audit import audit_zoo
+    import flows.audit  # noqa: F401  (the heavy import, overlapped with the server start)
 
     if server is not None:
         try:
             server.wait_ready()
         except RuntimeError as e:
             raise CliError(str(e)) from None
+    return zoo
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    zoo = _start(args)
+    from flows.audit import audit_zoo
 
     kw = _kwargs(args, zoo)
     summary, failed = _run(audit_zoo, {**kw, "force": args.force}, args)
@@ -228,16 +236,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    server = _prestart()
-    zoo = _zoo_arg(args)
-    _quiet_prefect(args.verbose)
+    zoo = _start(args)
     from flows.audit import watch_zoo
-
-    if server is not None:
-        try:
-            server.wait_ready()
-        except RuntimeError as e:
-            raise CliError(str(e)) from None
 
     kw = _kwargs(args, zoo)
     summary, failed = _run(watch_zoo, {**kw, "audit": not args.no_audit, "emit": not args.no_events}, args)
