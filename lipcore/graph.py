@@ -18,11 +18,13 @@ input, and classify each tainted node as one of
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import math
 import operator
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -205,6 +207,21 @@ def _shape(v: Any) -> tuple[int, ...]:
     return tuple(int(s) for s in v.shape[1:]) if isinstance(v, torch.Tensor) else ()
 
 
+@contextlib.contextmanager
+def _quiet_tracer_logs() -> Iterator[None]:
+    """A model that cannot be traced makes torch log a multi-page traceback (fake-tensor meta failures) before
+    it raises; the raise becomes our one-line InputError, so silence the log while exporting."""
+    loggers = [logging.getLogger(n) for n in ("torch._subclasses.fake_tensor", "torch._dynamo", "torch.export")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, lv in zip(loggers, levels, strict=True):
+            lg.setLevel(lv)
+
+
 def build_graph(module: nn.Module, input_shape: Sequence[int] | None = None, name: str | None = None) -> GraphModel:
     """Trace `module` (eval mode) into a GraphModel. Never fails on unsupported operators: it records them."""
     src = name or type(module).__name__
@@ -217,12 +234,15 @@ def build_graph(module: nn.Module, input_shape: Sequence[int] | None = None, nam
     _disable_fused_attn(mod)
     x = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _quiet_tracer_logs():
             ep = torch.export.export(mod, (x,))
         gm = ep.module()
     except Exception as e:  # noqa: BLE001 - any tracing failure is an input problem for this model
+        default = _default_input_shape(module)
+        hint = (f"; the model's own input shape is {','.join(map(str, default))}, this trace used "
+                f"{','.join(map(str, shape))}" if default and tuple(default) != shape else "")
         raise InputError(src, f"cannot trace the model with torch.export ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
+                              f"{str(e).splitlines()[0] if str(e) else ''}){hint}") from None
 
     b = _Builder(src)
     env: dict[str, Any] = {}
