@@ -171,6 +171,11 @@ class Engine:
         # independent after a restart: zero cross storage
         return torch.zeros(1, self.live[a].c, self.live[b].c, dtype=cn.CDTYPE, device=self.dev)
 
+    def linked(self, a: str, b: str) -> bool:
+        """a and b have cross storage (a missing block is zero: independent since a restart). Unlinked pairs
+        are skipped outright: their grids may be unrelated (a token-mixing Linear relayouts onto a new axis)."""
+        return a == b or (a, b) in self.P or (b, a) in self.P
+
     def setP(self, a: str, b: str, x: torch.Tensor) -> None:
         self.P.pop((b, a), None)
         self.P[(a, b)] = x
@@ -224,6 +229,8 @@ class Engine:
             gt = self.grid(self.live[t])
             acc = None
             for (u, A, coef), s in zip(terms, sig, strict=True):
+                if not self.linked(u, t):
+                    continue
                 gu = self.grid(self.live[u])
                 gut = cn.finer(gu, gt)
                 x = self.getP(u, t)
@@ -234,7 +241,8 @@ class Engine:
                         x = A.on(gut).left(x)
                     x = cn.down(x, gut, cn.finer(gy, gt)) * (coef / s)
                 acc = x if acc is None else _add(acc, x)
-            self.setP(y.name, t, acc)
+            if acc is not None:
+                self.setP(y.name, t, acc)
         acc = None
         if len(terms) == 1 and terms[0][1] is not None and terms[0][0] in self.factor \
                 and (terms[0][0], terms[0][0]) not in self.P:
@@ -246,6 +254,8 @@ class Engine:
             return
         for (u, A, cu), su in zip(terms, sig, strict=True):
             for (v, B, cv), sv in zip(terms, sig, strict=True):
+                if not self.linked(u, v):
+                    continue
                 gu, gv = self.grid(self.live[u]), self.grid(self.live[v])
                 guv = cn.finer(gu, gv)
                 x = self.getP(u, v)
@@ -557,6 +567,7 @@ class Engine:
                 self.lazy_sigma[name] = 1.0 / (lam_s * (2.0 - lam_s * tau))
                 self.live[name] = h
                 return
+        others = [t for t in others if self.linked(v.name, t)]  # P_th = 0 and no P_tt' update for the rest
         B = {}
         for t in others:
             gt = self.grid(self.live[t])

@@ -120,3 +120,23 @@ def test_token_model_recursion_sound() -> None:
         J = torch.autograd.functional.jacobian(lambda z: m(z.reshape(1, 5, 6)).reshape(-1), x.reshape(-1))
         best = max(best, float(torch.linalg.matrix_norm(J, 2)))
     assert best <= ef
+
+
+def test_token_mixing_onto_an_unrelated_axis_length() -> None:
+    """A Mixer block whose token MLP maps 9 tokens to 16 hidden units: the hidden axis has no grid relation to
+    the token axis (9 does not divide 16). This used to fail with 'incompatible grids' (mixer_s16_224: 196 -> 256);
+    independent tensors are now never paired by grid."""
+    from timm.models.mlp_mixer import MlpMixer
+
+    torch.manual_seed(0)
+    m = MlpMixer(num_classes=3, img_size=48, patch_size=16, num_blocks=2, embed_dim=32, mlp_ratio=(0.5, 2.0)).eval()
+    with torch.no_grad():
+        m.head.weight.normal_(0, 0.1)  # timm zero-initialises the head
+    rep = lipcore.analyze(m, ["naive", "eclipse-fast", "lower-sampled", "lower-ascent"], input_shape=(3, 48, 48),
+                          options={"lower-sampled": {"samples": 16, "power_iters": 10},
+                                   "lower-ascent": {"starts": 2, "steps": 20, "jv_steps": 10}})
+    res = rep.results
+    assert {r.status for r in res.values()} == {"ok"}, {k: r.reason for k, r in res.items()}
+    assert res["eclipse-fast"].vacuous  # LayerNorm
+    assert res["eclipse-fast"].value <= res["naive"].value
+    assert res["eclipse-fast"].value >= max(res["lower-sampled"].value, res["lower-ascent"].value)
