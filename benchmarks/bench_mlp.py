@@ -105,13 +105,68 @@ def _shared_combined(net: MLP) -> float | None:
         return None
 
 
-def _lipsdp_capped(net: MLP, seconds: float) -> dict[str, Any]:
-    """LipSDP-Neuron beyond the size guard with a solver time limit: if it does not finish, the speedup of a
-    method that did is at least (time spent)/(its time) -- a measured lower bound on the speedup."""
-    opts = {"lipsdp-neuron": {"max_neurons": 10**9, "max_seconds": 1e18, "time_limit": seconds}}
+# The capped solve runs in a child process watched for memory: Clarabel's KKT system at 20x60 (19 chordal cliques
+# of 120 neurons) outgrows this 24 GiB machine, and the kernel's OOM killer would take the whole benchmark with it.
+CAPPED_CHILD = """
+import json, sys, time
+from lipcore.benchnets import eclipse_net
+from lipcore.variants import VARIANTS, Context
+layers, width, limit = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+opts = {"lipsdp-neuron": {"max_neurons": 10**9, "max_seconds": 1e18, "time_limit": limit}}
+t0 = time.perf_counter()
+try:
+    value, params = VARIANTS["lipsdp-neuron"].resolve(graph=False)(eclipse_net(layers, width), Context(options=opts))
+    out = {"status": "ok", "value": value, "params": params}
+except Exception as e:
+    out = {"status": "failed", "reason": f"{type(e).__name__}: {e}"}
+out["seconds"] = time.perf_counter() - t0
+print("RESULT " + json.dumps(out, default=str), flush=True)
+"""
+
+
+def _total_ram_gib() -> float:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _lipsdp_capped(layers: int, width: int, seconds: float, max_rss: float) -> dict[str, Any]:
+    """LipSDP-Neuron beyond the size guard with a solver time limit, in a child process that is stopped when its
+    memory passes `max_rss` bytes. If it does not finish, the speedup of a method that did is at least
+    (time spent)/(its time) -- a measured lower bound on the speedup."""
+    import subprocess
+
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     t0 = time.perf_counter()
-    res = _run_variant("lipsdp-neuron", net, 1, opts)
-    res["wall"] = time.perf_counter() - t0
+    child = subprocess.Popen([sys.executable, "-c", CAPPED_CHILD, str(layers), str(width), str(seconds)],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    peak, killed = 0, None
+    while child.poll() is None:
+        peak = max(peak, _rss_bytes(child.pid))
+        if peak > max_rss:
+            killed = f"stopped at {peak / 2**30:.1f} GiB resident (memory cap {max_rss / 2**30:.1f} GiB)"
+        elif time.perf_counter() - t0 > 3 * seconds + 120:
+            killed = "stopped: no answer well past its time limit"
+        if killed:
+            child.kill()
+            break
+        time.sleep(0.2)
+    out_text = child.communicate()[0] or ""
+    wall = time.perf_counter() - t0
+    lines = [ln for ln in out_text.splitlines() if ln.startswith("RESULT ")]
+    res: dict[str, Any] = json.loads(lines[-1][7:]) if lines else {"status": "failed", "reason": killed or
+                                                                   f"child exited {child.returncode}"}
+    res["wall"] = res.get("seconds", wall)
+    res["peak_rss_gib"] = round(peak / 2**30, 2)
     res["finished"] = res["status"] == "ok" and res.get("params", {}).get("status") == "optimal"
     return res
 
@@ -218,7 +273,8 @@ def report(rows: list[dict], capped: dict | None) -> tuple[str, list[tuple[str, 
         else:
             sp = capped["wall"] / to
             detail = (f"LipSDP-Neuron did not finish within its {capped['limit']:.0f} s limit "
-                      f"(wall {capped['wall']:.1f} s, status {capped.get('status_detail')}) "
+                      f"(wall {capped['wall']:.1f} s, peak {capped.get('peak_rss_gib')} GiB, "
+                      f"status {capped.get('status_detail')}) "
                       f"vs optimized {to:.2f} s: >= {sp:.1f}x measured; size-guard estimate of the full solve "
                       f"{capped['estimate']:.0f} s = {capped['estimate'] / to:.0f}x")
         ok: bool | None = sp >= 20
@@ -243,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"skip the time-limited LipSDP-Neuron run at {OPT_SPEED_TARGET[0]}x{OPT_SPEED_TARGET[1]}")
     ap.add_argument("--capped-limit", type=float, default=600.0,
                     help="longest solver time limit for that run in seconds (default 600)")
+    ap.add_argument("--capped-max-gib", type=float, default=0.6 * _total_ram_gib(),
+                    help="memory cap for that run's child process in GiB (default 60%% of RAM)")
     ap.add_argument("--json", help="write all numbers to this file")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
@@ -265,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         rows.append(bench_net(layers, width, args.repeat, args.variants, log))
         print(f"  done {layers}x{width} in {time.perf_counter() - t0:.1f} s", flush=True)
+        if args.json:  # rows so far, in case a later net takes the process down
+            _dump(args.json, rows, None, [])
     capped = None
     key = OPT_SPEED_TARGET
     opt_row = next((r for r in rows if (r["layers"], r["width"]) == key), None)
@@ -275,21 +335,26 @@ def main(argv: list[str] | None = None) -> int:
             capped = {"finished": True, "wall": _sec(opt_row, "lipsdp-neuron"), "optimized_seconds": t_opt}
         else:
             log(f"  {key[0]}x{key[1]} lipsdp-neuron with a {limit:.0f} s solver limit ...")
-            res = _lipsdp_capped(eclipse_net(*key), limit)
+            res = _lipsdp_capped(*key, limit, args.capped_max_gib * 2**30)
             capped = {"finished": res["finished"], "wall": res["wall"], "limit": limit, "optimized_seconds": t_opt,
                       "estimate": estimated_seconds(eclipse_net(*key)),
-                      "status_detail": res.get("params", {}).get("status") or res.get("reason", "")[:80]}
+                      "status_detail": res.get("params", {}).get("status") or res.get("reason", "")[:120],
+                      "peak_rss_gib": res["peak_rss_gib"]}
             opt_row["lipsdp_neuron_capped"] = {k: v for k, v in res.items() if k != "params"}
     text, targets = report(rows, capped)
     print()
     print(text)
     print(f"\ntotal {time.perf_counter() - t_all:.0f} s (timings on a shared machine are indicative)")
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"rows": rows, "capped": capped,
-                       "targets": [{"target": n, "pass": ok, "detail": d} for n, ok, d in targets]},
-                      fh, indent=1, default=str)
+        _dump(args.json, rows, capped, targets)
     return 0
+
+
+def _dump(path: str, rows: list[dict], capped: dict | None, targets: list[tuple[str, bool | None, str]]) -> None:
+    with open(path, "w") as fh:
+        json.dump({"rows": rows, "capped": capped,
+                   "targets": [{"target": n, "pass": ok, "detail": d} for n, ok, d in targets]},
+                  fh, indent=1, default=str)
 
 
 if __name__ == "__main__":
