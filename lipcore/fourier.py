@@ -544,6 +544,17 @@ class Engine:
             return
         gv = self.grid(v)
         gamma = self.getP(v.name, v.name) * (beta * beta)
+        others = [t for t in self.live if t in keep or not self.dying(t)]
+        cons = self.cons.get(name, [])
+        if not others and cons and all(self.g.node(c).op == "maxpool" for c in cons):
+            # only a restart reads h, i.e. only lambda_max(P_hh). Whatever the rule, the scalar 1/tau is optimal
+            # there (tau >= lambda_max(Gamma) certified): M = (2 I - Gamma/tau)/tau >= I/tau gives
+            # lambda_max(P_hh) <= tau, and no diagonal Lambda does better since P_hh >= Gamma. No Cholesky needed.
+            tau = cn.lmax_upper(gamma, check_deadline=self.check)
+            self.lazy_sigma[name] = tau
+            self.live[name] = h
+            self.stats.flops += _cost(gamma)
+            return
         lam = self.rule(gamma, gv)
         lam_t = (torch.as_tensor(lam, dtype=torch.float64, device=self.dev) if not isinstance(lam, float)
                  else torch.full((v.c,), lam, dtype=torch.float64, device=self.dev))
@@ -557,16 +568,6 @@ class Engine:
             raise CertificationError(f"no admissible multiplier at {name}")
         self.stats.min_margin = min(self.stats.min_margin, margin)
         lamc = lam_t.to(cn.CDTYPE)
-        others = [t for t in self.live if t in keep or not self.dying(t)]
-        cons = self.cons.get(name, [])
-        if not others and cons and all(self.g.node(c).op == "maxpool" for c in cons) and isinstance(lam, float):
-            # only a restart reads h: lambda_max(P_hh) = 1/lambda_min(M) <= 1/(lam (2 - lam tau)), tau >= lmax(Gamma)
-            tau = cn.lmax_upper(gamma, check_deadline=self.check)
-            lam_s = float(lam_t[0])
-            if lam_s * tau < 1.999:
-                self.lazy_sigma[name] = 1.0 / (lam_s * (2.0 - lam_s * tau))
-                self.live[name] = h
-                return
         others = [t for t in others if self.linked(v.name, t)]  # P_th = 0 and no P_tt' update for the rest
         B = {}
         for t in others:
