@@ -28,6 +28,17 @@ def _variants_help() -> str:
     return "\n".join(lines)
 
 
+_LAZY_EPILOG = "(variants, activations and file formats: built when this help is shown)"
+
+
+class _LazyEpilogFormatter(argparse.RawDescriptionHelpFormatter):
+    """The epilog lists lipcore's variants and activations, which imports torch (~2 s): build it only when
+    `lipzoo bound --help` is printed, not every time any lipzoo command builds its parser."""
+
+    def add_text(self, text: str | None) -> None:
+        super().add_text(_epilog() if text is _LAZY_EPILOG else text)
+
+
 def _epilog() -> str:
     from lipcore.activations import SUPPORTED
 
@@ -67,8 +78,8 @@ def register(subparsers: Any) -> None:
         help="certified Lipschitz bounds of one MLP weight file (npz, mat, safetensors, pt)",
         description="Compute certified l2 Lipschitz upper bounds (and measured lower bounds) of one MLP\n"
                     "given as a weight file, with every requested bound variant.",
-        epilog=_epilog(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_LAZY_EPILOG,
+        formatter_class=_LazyEpilogFormatter,
     )
     p.add_argument("path", metavar="PATH", help="weight file: .npz, .mat, .safetensors, .pt or .pth")
     p.add_argument("--variant", "-v", action="append", metavar="ID", default=None,
