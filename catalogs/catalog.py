@@ -29,7 +29,6 @@ from typing import Any
 import duckdb
 
 from . import queries
-from .columns import dump_json, rows_to_columns
 from .errors import CatalogError, CatalogLockedError, CatalogMissingError
 from .rows import ResultRow
 from .schema import LATEST_VERSION, current_version, migrate
@@ -243,6 +242,8 @@ class Catalog:
     def begin_run(self, zoo: str | None, device: str, flow_run_id: str | None = None,
                   params: dict[str, Any] | None = None) -> str:
         """Record a new audit run ('running'); first mark this host's runs whose process is gone 'aborted'."""
+        from .columns import dump_json  # the writer's modules (numpy) stay out of read-only commands
+
         run_id = new_run_id()
         with self.connect(read_only=False) as con:
             con.execute("BEGIN TRANSACTION")
@@ -273,6 +274,8 @@ class Catalog:
         """Close a run: status 'completed' | 'failed' (or 'aborted')."""
         if status not in ("completed", "failed", "aborted"):
             raise ValueError(f"run status must be completed, failed or aborted (got {status!r})")
+        from .columns import dump_json
+
         with self.connect(read_only=False) as con:
             found = con.execute("SELECT count(*) FROM runs WHERE run_id = $1", [run_id]).fetchone()
             if not found or not found[0]:
@@ -301,6 +304,8 @@ class Catalog:
         """
         if not rows:
             return 0
+        from .columns import rows_to_columns
+
         cols = rows_to_columns(rows, run_id, lipzoo_version())
         with self.connect(read_only=False) as con:
             con.register("_lipzoo_batch", cols)
