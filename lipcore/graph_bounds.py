@@ -28,12 +28,12 @@ from .variants import Context
 # flops per second of the batched per-frequency linear algebra, for the cost guard (measured on resnet18 at 224:
 # 0.32 TFLOP in ~200 s on one loaded CPU thread, ~100 s on two); the CPU rate scales with torch's thread count
 _RATE = {"cpu": 1.5e9, "cuda": 2e11}
+DEFAULT_MAX_EST_S = {"cpu": 900.0, "cuda": 1800.0}
 
 
 def _rate(dev: str) -> float:
     r = _RATE.get(dev, _RATE["cpu"])
     return r * max(1, torch.get_num_threads()) if dev == "cpu" else r
-DEFAULT_MAX_EST_S = {"cpu": 900.0, "cuda": 1800.0}
 
 
 # ---------------------------------------------------------------------------------------------------------
