@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import warnings
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from ..refs import Loaded, ModelRef, Settings, Unresolved
+
+# timm scripts some norm-act layers while building models (EfficientNet-style), and torch >= 2.14 warns that
+# torch.jit.script is deprecated: timm's business, not the auditor's, and it cluttered every audit's output
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
 HUB_MODULES = {"hf": "flows.hubs.hf", "timm": "flows.hubs.timm_hub", "local": "flows.hubs.local",
                "bench": "flows.hubs.bench"}
