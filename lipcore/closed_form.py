@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import CertificationError
 from .network import MLP
-from .recursion import SN1, Rule, Trajectory, naive_lower_log, naive_value, run_greedy, run_rule
+from .recursion import SN1, Rule, Trajectory, naive_lower_log, naive_value, run_greedy, run_greedy_beside, run_rule
 from .variants import Context
 
 SN_GRID = (0.7, 1.0, 1.2, 1.35, 1.5, 1.65)
@@ -135,9 +135,17 @@ def sh_combined(net: MLP, ctx: Context) -> tuple[float, dict[str, Any]]:
     naive is in the min (never above naive). The greedy trajectory picks per layer the candidate with the best
     one-step look-ahead (MATH §5).
     """
+    greedy = ctx.opt("sh-combined", "greedy", True) and "greedy" not in _memo(ctx)
+    cands = _parse_candidates(ctx.opt("sh-combined", "candidates", GREEDY_CANDIDATES)) if greedy else []
+    if greedy and "eclipse-fast" not in _memo(ctx) and all(a.p >= 0 for a in net.activations):
+        try:  # ECLipsE-Fast and the greedy mix in lockstep, batched: about the cost of the greedy mix alone
+            traj, fast = run_greedy_beside(net, cands, SN1, device=ctx.device, check=ctx.check_deadline)
+            _store(ctx, "eclipse-fast", fast)
+            _store(ctx, "greedy", traj)
+        except CertificationError:
+            pass
     _fast_traj(net, ctx)
-    if ctx.opt("sh-combined", "greedy", True) and "greedy" not in _memo(ctx):
-        cands = _parse_candidates(ctx.opt("sh-combined", "candidates", GREEDY_CANDIDATES))
+    if greedy and "greedy" not in _memo(ctx):
         try:
             _store(ctx, "greedy", run_greedy(net, cands, device=ctx.device, check=ctx.check_deadline))
         except CertificationError:

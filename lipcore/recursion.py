@@ -226,18 +226,20 @@ class Rule:
             return torch.full((n,), self.c / lm, dtype=g.dtype, device=g.device), 1.0 - self.c / 2
         if self.kind == "gc":
             r = cache.row_sums
-            r = torch.clamp(r, min=1e-12 * float(r.max()) + 1e-300)
-            lam = self.c / r
-            return lam, float((1 - self.c / 2) * r.min() / r.max())
+            r_min, r_max = torch.aminmax(r)
+            r_min, r_max = float(r_min), float(r_max)
+            lam = self.c / torch.clamp(r, min=1e-12 * r_max + 1e-300)
+            return lam, (1 - self.c / 2) * r_min / r_max
         diag = torch.diagonal(g)
+        d_min, d_max = (float(x) for x in torch.aminmax(diag))
         if self.variant == "weyl":  # Weyl: λ_max(offdiag/2) ≤ (λ_max(Γ̂) − min_i Γ̂_ii)/2, no extra eigen-solve
-            s = 0.5 * (cache.lmax - float(diag.min()))
+            s = 0.5 * (cache.lmax - d_min)
         else:
             lo, hi = cache.off_extremes
             s = max(-lo, hi) if self.variant == "norm" else hi
         s = max(s, 1e-2)  # Γ̂ (nearly) diagonal: keep a margin that survives rounding of the multipliers
         inv = 0.5 * diag + self.c * s
-        return 1.0 / inv, float(2 * (self.c - 1) * s / (2 * float(inv.max())))
+        return 1.0 / inv, (self.c - 1) * s / (0.5 * d_max + self.c * s)
 
 
 SN1 = Rule("sn", 1.0)
@@ -380,17 +382,20 @@ class Recursion:
         self.check()
         g, d = self.layer_gram()
         lam, margin, name = choose(LayerCache(g))
+        lam, mr = self.finish_backtracking(lam, g, d)
+        self.commit(lam, d, mr, margin, name)
+
+    def finish_backtracking(self, lam: torch.Tensor, g: torch.Tensor, d: float
+                            ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """`finish`, shrinking Λ on a failed check (MATH §5 backtracking): (the Λ that certified, M̄_k)."""
         for _ in range(MAX_BACKTRACK):
             try:
-                mr = self.finish(lam, g, d)
-                break
+                return lam, self.finish(lam, g, d)
             except CertificationError:
                 # always admissible in the limit: S → M ≻ 0 and 2Λ^{-1} − Γ̂ grows as Λ shrinks
                 lam = (0.7 if self.mode(self.k) == "backtrack" else 0.5) * lam
                 self.traj.backtracks += 1
-        else:
-            raise CertificationError(f"layer {self.k + 1}: no admissible multiplier after backtracking")
-        self.commit(lam, d, mr, margin, name)
+        raise CertificationError(f"layer {self.k + 1}: no admissible multiplier after backtracking")
 
     def final(self) -> Trajectory:
         """L̂ = sqrt(λ_max(W_L M_{L-1}^{-1} W_L^T)), rounded up by the eigvalsh error bound."""
@@ -481,6 +486,33 @@ def certify(net: MLP, lambdas: list[np.ndarray]) -> float:
     return certify_log(net, logs).value
 
 
+def form_m_batch(lams: torch.Tensor, g: torch.Tensor
+                 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]:
+    """`form_m` for K candidate multiplier vectors at once (lams: K×n; g: n×n, or K×n×n for one Γ̂ each): one
+    batched Cholesky instead of K calls.
+
+    Why: greedy mixing compares several rules per layer; on the small layers of typical MLPs the per-call overhead
+    of K separate factorisations is most of its cost. Entry i is None where candidate i fails the check. Same
+    numbers as `form_m` (the same elementwise arithmetic and one LAPACK potrf per matrix).
+    """
+    n = g.shape[-1]
+    diag_m = 2 * lams - lams * lams * torch.diagonal(g, dim1=-2, dim2=-1)
+    ok = ((diag_m > 0) & torch.isfinite(diag_m)).all(dim=1)  # a failed row turns only its own matrix into NaN
+    dd = torch.rsqrt(diag_m)
+    v = lams * dd
+    c = (v[:, :, None] * v[:, None, :]).mul_(g).neg_()
+    t = tau(n)
+    c.diagonal(dim1=1, dim2=2).fill_(1.0 - t)
+    r, info = torch.linalg.cholesky_ex(c)
+    r.div_(dd[:, :, None])
+    good = (ok & (info == 0)).tolist()
+    return [(c[i], dd[i], r[i]) if good[i] else None for i in range(lams.shape[0])]
+
+
+DENSE_PROBE_NUMEL = 100 * 100  # below this, two thin triangular solves per power step cost more than one full one
+BATCH_BYTES = 256 * 2**20  # candidate batches above this (K·n²·8 bytes, several temporaries) run one by one
+
+
 def run_greedy(net: MLP, candidates: Sequence[Rule], *, device: torch.device | str = "cpu", keep_p: bool = True,
                check: Callable[[], None] | None = None, power_iters: int = 4, full_every: int = 4,
                top_k: int = 2) -> Trajectory:
@@ -488,59 +520,126 @@ def run_greedy(net: MLP, candidates: Sequence[Rule], *, device: torch.device | s
 
     Candidates are compared with p dropped (p ≥ 0) by a Rayleigh–Ritz estimate of the look-ahead on one shared probe
     block (exact at the output layer); only the chosen one is finished with the p-term, and every committed M_k
-    passed its Cholesky check, so the returned value is what certify() gives for the chosen sequence.
+    passed its Cholesky check, so the returned value is what certify() gives for the chosen sequence. For p ≥ 0
+    the candidates of a layer are factorised and scored as one batch (`form_m_batch`).
     """
+    return _greedy(net, candidates, None, device=device, keep_p=keep_p, check=check, power_iters=power_iters,
+                   full_every=full_every, top_k=top_k)[0]
+
+
+def run_greedy_beside(net: MLP, candidates: Sequence[Rule], companion: Rule, *, device: torch.device | str = "cpu",
+                      check: Callable[[], None] | None = None, **kw: int) -> tuple[Trajectory, Trajectory]:
+    """(greedy trajectory, `run_rule(net, companion, keep_p=False)`) computed in lockstep; needs every αβ ≥ 0.
+
+    Why: sh-combined needs ECLipsE-Fast = SN(1) and the greedy mix; on small layers both are bound by per-call
+    overhead, so running the two recursions as one batch (one triangular solve, Gram product, eigen-solve and
+    Cholesky call per layer for both) costs about what the greedy mix costs alone. The companion's numbers are
+    run_rule's: the same arithmetic, the same backtracking.
+    """
+    if any(a.p < 0 for a in net.activations):
+        raise ValueError("run_greedy_beside needs αβ ≥ 0 at every activation (one Λ rule mode for both lanes)")
+    greedy, lane = _greedy(net, candidates, companion, device=device, keep_p=True, check=check, **kw)
+    assert lane is not None
+    return greedy, lane
+
+
+def _grams(recs: list[Recursion]) -> list[tuple[torch.Tensor, float]]:
+    """`layer_gram` of several recursions over the same net at the same layer, as one batched solve and product."""
+    k = recs[0].k
+    if k == 0:  # M_0 = I in every lane: one Γ̂ (never modified in place downstream)
+        return [recs[0].layer_gram()] * len(recs)
+    s = recs[0].slopes[k]
+    coef = (s.alpha + s.beta) ** 2  # every lane in mode "drop" (αβ ≥ 0)
+    y = torch.linalg.solve_triangular(torch.stack([r.R for r in recs]), recs[0].W[k].T, upper=False)
+    divs = (coef * (y * y).sum(dim=1).amax(dim=1)).tolist()
+    for d in divs:
+        if not (d > 0 and math.isfinite(d)):
+            raise CertificationError(f"layer {k + 1}: degenerate Gram matrix (max diagonal {d})")
+    y.mul_(torch.tensor([math.sqrt(coef / d) for d in divs], dtype=y.dtype, device=y.device)[:, None, None])
+    g = y.mT @ y
+    return [(g[i], divs[i]) for i in range(len(recs))]
+
+
+def _greedy(net: MLP, candidates: Sequence[Rule], companion: Rule | None, *, device: torch.device | str,
+            keep_p: bool, check: Callable[[], None] | None, power_iters: int = 4, full_every: int = 4,
+            top_k: int = 2) -> tuple[Trajectory, Trajectory | None]:
     if _zero_layer(net):
-        return _zero_traj(net)
-    for r in candidates:
+        return _zero_traj(net), (None if companion is None else _zero_traj(net))
+    for r in [*candidates, *([companion] if companion else [])]:
         r.validate()
     rec = Recursion(net, device, keep_p=keep_p, check=check)
+    lane = None if companion is None else Recursion(net, device, keep_p=False, check=check)
+    lane_recs = [rec] if lane is None else [rec, lane]
     gen = torch.Generator(device="cpu").manual_seed(0)
     ranking = list(range(len(candidates)))  # candidate indices, best first, from the last full evaluation
     for k in range(rec.hidden):
         rec.check()
-        g, d = rec.layer_gram()
+        (g, d), *lane_gram = _grams(lane_recs) if lane is not None else [rec.layer_gram()]
         cache = LayerCache(g)
+        lane_cache = None
+        if lane_gram:
+            lane_cache = cache if lane_gram[0][0] is g else LayerCache(lane_gram[0][0])
         w_next = rec.W[k + 1]
         exact = k + 1 == rec.hidden or w_next.shape[0] <= 8
-        block: torch.Tensor | None = None
-        best: tuple[float, Rule, torch.Tensor, float, Any] | None = None
         plain_p = rec.slopes[k].p == 0 or rec.mode(k) == "schur" or not keep_p
         # winners are sticky across layers: evaluate every candidate on every `full_every`-th layer (and the
         # output layer), otherwise only the leaders of the last full evaluation (the candidate set's cost ~halves)
         full = exact or k % full_every == 0 or len(candidates) <= top_k
         order = ranking if full else ranking[:top_k]
-        scores: dict[int, float] = {}
-        for i in order:
-            r = candidates[i]
-            lam, margin = r(cache)
-            try:
-                mr = rec.finish(lam, g, d, keep_p=False if rec.slopes[k].p > 0 else None)
-            except CertificationError:
-                continue
-            if exact:
-                score = _lookahead_exact(mr[2], w_next)
+        rules = [candidates[i] for i in order]
+        proposals = [r(cache) for r in rules]
+        lane_prop = companion(lane_cache) if companion is not None and lane_cache is not None else None
+        n = g.shape[0]
+        lane_mr = None
+        if rec.slopes[k].p >= 0 and (len(rules) + 1) * n * n * 8 <= BATCH_BYTES:
+            # p ≥ 0: every candidate is compared with the p-term dropped, i.e. on M = 2Λ − ΛΓ̂Λ of this Γ̂
+            lams = torch.stack([lam for lam, _ in proposals] + ([lane_prop[0]] if lane_prop else []))
+            if lane_prop is None:
+                finished = form_m_batch(lams, g)
             else:
-                if block is None:  # probe block: a few power steps with the first certified candidate
-                    block = _power_block(mr[2], w_next, power_iters, gen)
-                score = _rayleigh_ritz(mr[2], w_next, block)
-            scores[i] = score
-            if best is None or score < best[0]:
-                best = (score, r, lam, margin, mr)
-        if best is None:
+                gs = torch.stack([g] * len(rules) + [lane_cache.g])
+                finished = form_m_batch(lams, gs)
+                lane_mr = finished.pop()
+        else:
+            finished = []
+            for lam, _ in proposals:
+                try:
+                    finished.append(rec.finish(lam, g, d, keep_p=False if rec.slopes[k].p > 0 else None))
+                except CertificationError:
+                    finished.append(None)
+        live = [j for j, mr in enumerate(finished) if mr is not None]
+        if not live:
             raise CertificationError(f"layer {k + 1}: no candidate rule certified")
+        if len(live) == 1 and not full:
+            scores = [0.0]  # nothing to compare: no probe
+        elif exact:
+            scores = _lookahead_exact([finished[j][2] for j in live], w_next)
+        else:
+            # probe block: a few power steps with the first certified candidate
+            block = _power_block(finished[live[0]][2], w_next, power_iters, gen)
+            scores = _rayleigh_ritz([finished[j][2] for j in live], w_next, block)
+        by_index = {order[j]: s for j, s in zip(live, scores, strict=True)}
         if full:
-            ranking = sorted(scores, key=scores.__getitem__) + [i for i in ranking if i not in scores]
-        _, r, lam, margin, mr = best
+            ranking = sorted(by_index, key=by_index.__getitem__) + [i for i in ranking if i not in by_index]
+        j = live[min(range(len(live)), key=scores.__getitem__)]
+        lam, margin = proposals[j]
+        mr = tuple(x.clone() for x in finished[j])  # not views into the candidate batch: free it
         if not plain_p:  # re-finish the winner with the p-term
             mr = rec.finish(lam, g, d)
-        rec.commit(lam, d, mr, margin, r.name)
-    return rec.final()
+        rec.commit(lam, d, mr, margin, rules[j].name)
+        if lane is not None and lane_prop is not None and companion is not None:
+            lam_l, margin_l = lane_prop
+            g_l, d_l = lane_gram[0]
+            if lane_mr is None:  # failed its check in the batch (or no batch): run_rule's backtracking
+                lam_l, lane_mr = lane.finish_backtracking(lam_l, g_l, d_l)
+            lane.commit(lam_l, d_l, tuple(x.clone() for x in lane_mr), margin_l, companion.name)
+    return rec.final(), (None if lane is None else lane.final())
 
 
-def _lookahead_exact(r: torch.Tensor, w: torch.Tensor) -> float:
-    y = torch.linalg.solve_triangular(r, w.T, upper=False)
-    return float(torch.linalg.eigvalsh(y.T @ y)[-1])
+def _lookahead_exact(rs: list[torch.Tensor], w: torch.Tensor) -> list[float]:
+    """Exact λ_max(W M^{-1} Wᵀ) for each candidate's chol(M)."""
+    y = torch.linalg.solve_triangular(torch.stack(rs), w.T, upper=False)
+    return torch.linalg.eigvalsh(y.mT @ y)[:, -1].tolist()
 
 
 def _apply(r: torch.Tensor, w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -550,36 +649,50 @@ def _apply(r: torch.Tensor, w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 def _power_block(r: torch.Tensor, w: torch.Tensor, iters: int, gen: torch.Generator, size: int = 4) -> torch.Tensor:
+    """An orthonormal block near the top eigenvectors of W M^{-1} Wᵀ: `iters` block power steps, one QR at the end
+    (a few steps in float64 cannot collapse the columns to rank deficiency that matters for a ranking)."""
     v = torch.randn(w.shape[0], min(size, w.shape[0]), generator=gen, dtype=torch.float64).to(r.device)
-    for _ in range(iters):
-        v, _ = torch.linalg.qr(_apply(r, w, v))
-    return v
+    if w.numel() <= DENSE_PROBE_NUMEL:  # small layers: one solve for B = R^{-1}Wᵀ, then W M^{-1} Wᵀ = BᵀB by matmuls
+        b = torch.linalg.solve_triangular(r, w.T, upper=False)
+        for _ in range(iters):
+            v = b.T @ (b @ v)
+            v = v / torch.linalg.vector_norm(v, dim=0, keepdim=True)
+    else:
+        for _ in range(iters):
+            v = _apply(r, w, v)
+            v = v / torch.linalg.vector_norm(v, dim=0, keepdim=True)
+    return torch.linalg.qr(v)[0]
 
 
-def _rayleigh_ritz(r: torch.Tensor, w: torch.Tensor, v: torch.Tensor) -> float:
-    """max Ritz value of W M^{-1} Wᵀ on the orthonormal block v (an estimate used only to compare candidates)."""
-    u = torch.linalg.solve_triangular(r, w.T @ v, upper=False)
-    return float(torch.linalg.eigvalsh(u.T @ u)[-1])
+def _rayleigh_ritz(rs: list[torch.Tensor], w: torch.Tensor, v: torch.Tensor) -> list[float]:
+    """max Ritz value of W M^{-1} Wᵀ on the orthonormal block v for each candidate's chol(M) (an estimate used only
+    to compare candidates)."""
+    u = torch.linalg.solve_triangular(torch.stack(rs), w.T @ v, upper=False)
+    return torch.linalg.eigvalsh(u.mT @ u)[:, -1].tolist()
 
 
-def naive_lower_log(net: MLP, device: torch.device | str = "cpu", iters: int = 6) -> float:
+def naive_lower_log(net: MLP, device: torch.device | str = "cpu", iters: int = 3) -> float:
     """log of a cheap *lower* estimate of the naive bound (power iteration: ‖Wv‖/‖v‖ ≤ ‖W‖ for any v).
 
     Why: sh-combined must never exceed naive; when its best trajectory is already below this estimate the exact
-    naive bound (one eigen-solve per layer, as costly as ECLipsE-Fast itself) is not needed.
+    naive bound (one eigen-solve per layer, as costly as ECLipsE-Fast itself) is not needed. Layers of one shape
+    are iterated as one batch (the hidden layers of most MLPs share a shape).
     """
     gen = torch.Generator(device="cpu").manual_seed(0)
     log_v = sum(math.log(a.gain) if a.gain > 0 else -math.inf for a in net.activations)
+    groups: dict[tuple[int, ...], list[np.ndarray]] = {}
     for w in net.weights:
-        t = torch.as_tensor(w, dtype=torch.float64, device=device)
-        v = torch.randn(t.shape[1], generator=gen, dtype=torch.float64).to(t.device)
+        groups.setdefault(tuple(w.shape), []).append(w)
+    for (_, n_in), ws in groups.items():
+        t = torch.as_tensor(np.stack(ws), dtype=torch.float64, device=device)
+        v = torch.randn(len(ws), n_in, 1, generator=gen, dtype=torch.float64).to(t.device)
         for _ in range(iters):
-            v = t.T @ (t @ v)
-            v = v / torch.linalg.vector_norm(v)
-        s = float(torch.linalg.vector_norm(t @ v))
-        if s <= 0:
+            v = t.mT @ (t @ v)
+            v = v / torch.linalg.vector_norm(v, dim=1, keepdim=True)
+        s = torch.linalg.vector_norm(t @ v, dim=(1, 2))
+        if not bool(torch.all(s > 0)):
             return -math.inf
-        log_v += math.log(s)
+        log_v += float(torch.log(s).sum())
     return log_v
 
 

@@ -17,9 +17,13 @@ from lipcore.recursion import (
     certify,
     certify_log,
     checked_cholesky,
+    form_m,
+    form_m_batch,
     lanczos_extremes,
+    naive_lower_log,
     naive_value,
     run_greedy,
+    run_greedy_beside,
     run_rule,
 )
 
@@ -142,3 +146,64 @@ def test_random_nets_valid_and_recertifiable(seed, depth, width, alpha, span, ru
     greedy = run_greedy(net, [Rule("sn", 1.0), Rule("gc", 1.7), Rule("shift", 1.5, "weyl")])
     assert greedy.value >= floor * (1 - 1e-9)
     assert naive_value(net)[0] > 0
+
+
+GREEDY_SET = [Rule("sn", 1.0), Rule("sn", 1.5), Rule("gc", 1.7), Rule("shift", 1.5, "weyl")]
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh", "leaky_relu"])
+@pytest.mark.parametrize("size", [(6, 12), (12, 30), (4, 110)])
+def test_greedy_beside_equals_separate_runs(act, size):
+    """The lockstep batch (sh-combined's fast path) returns exactly run_rule's ECLipsE-Fast and run_greedy's mix."""
+    net = eclipse_net(*size)
+    net = MLP.from_arrays(net.weights, get_activation(act))
+    greedy, fast = run_greedy_beside(net, GREEDY_SET, SN1)
+    assert fast.value == pytest.approx(run_rule(net, SN1, keep_p=False).value, rel=1e-12)
+    assert greedy.value == pytest.approx(run_greedy(net, GREEDY_SET).value, rel=1e-12)
+    assert fast.choices == ["sn(1)"] * (len(net.weights) - 1)
+    # both are certified trajectories: certify() recomputes the greedy value from its multipliers (p-term kept)
+    assert certify_log(net, greedy.log_lambdas).value == pytest.approx(greedy.value, rel=1e-9)
+
+
+def test_greedy_beside_refuses_negative_slopes():
+    net = MLP.from_arrays(eclipse_net(4, 10).weights, get_activation("gelu"))
+    with pytest.raises(ValueError, match="αβ ≥ 0"):
+        run_greedy_beside(net, GREEDY_SET, SN1)
+
+
+def test_greedy_beside_companion_backtracks_like_run_rule():
+    """A companion rule the batch rejects (c near 2 on a rounding-sensitive net) falls back to run_rule's halving."""
+    net = eclipse_net(8, 16)
+    rule = Rule("sn", 1.99999999999999)
+    _, lane = run_greedy_beside(net, GREEDY_SET, rule)
+    ref = run_rule(net, rule, keep_p=False)
+    assert lane.value == pytest.approx(ref.value, rel=1e-12)
+    assert lane.backtracks == ref.backtracks > 0
+
+
+def test_form_m_batch_matches_form_m_and_flags_failures():
+    rng = np.random.default_rng(0)
+    a = torch.as_tensor(rng.standard_normal((9, 9)), dtype=torch.float64)
+    g = a @ a.T
+    g = g / g.diagonal().max()
+    lmax = float(torch.linalg.eigvalsh(g)[-1])
+    lams = torch.stack([torch.full((9,), c / lmax, dtype=torch.float64) for c in (0.5, 1.0, 1.5, 2.5)])
+    out = form_m_batch(lams, g)
+    for lam, got in zip(lams[:3], out[:3], strict=True):
+        want = form_m(lam, g, "M")
+        assert got is not None
+        for x, y in zip(got, want, strict=True):
+            assert torch.allclose(x, y, rtol=1e-14, atol=0)
+    assert out[3] is None  # c = 2.5: 2Λ − ΛΓ̂Λ is indefinite
+    # one Γ̂ per candidate
+    out2 = form_m_batch(lams[:2], torch.stack([g, 0.5 * g]))
+    assert torch.allclose(out2[1][2], form_m(lams[1], 0.5 * g, "M")[2], rtol=1e-14, atol=0)
+
+
+def test_naive_lower_log_is_below_naive():
+    for size in [(3, 7), (10, 40)]:
+        net = eclipse_net(*size)
+        est = naive_lower_log(net)
+        exact = naive_value(net)[1]
+        assert est <= exact + 1e-12
+        assert est >= exact - 0.5 * len(net.weights)  # a real estimate, not -inf: within e^0.5 per layer
