@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help=f"only {' '.join(QUICK_SIZES)}")
     ap.add_argument("--sizes", nargs="+", help="LAYERSxWIDTH ... (default: a spread incl. 100x160, 50x1000)")
-    ap.add_argument("--repeat", type=int, default=3, help="best-of-k for runs under a second (default 3)")
+    ap.add_argument("--repeat", type=int, default=5, help="best-of-k for runs under a second (default 5)")
     ap.add_argument("--variants", nargs="+", default=[*CLOSED, *SDP, *LOWER])
     ap.add_argument("--all", action="store_true", help="also run optimized on the deep/wide nets")
     ap.add_argument("--no-capped-sdp", action="store_true",

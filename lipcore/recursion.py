@@ -509,7 +509,9 @@ def form_m_batch(lams: torch.Tensor, g: torch.Tensor
     return [(c[i], dd[i], r[i]) if good[i] else None for i in range(lams.shape[0])]
 
 
+SQUARING_MAX_OUT = 40  # above this the o³ squarings cost more than the thin power steps' calls
 DENSE_PROBE_NUMEL = 100 * 100  # below this, two thin triangular solves per power step cost more than one full one
+LOCKSTEP_MAX_N = 128  # above this the two lanes of run_greedy_beside make their own calls (measured: 1000-wide)
 BATCH_BYTES = 256 * 2**20  # candidate batches above this (K·n²·8 bytes, several temporaries) run one by one
 
 
@@ -569,16 +571,21 @@ def _greedy(net: MLP, candidates: Sequence[Rule], companion: Rule | None, *, dev
         r.validate()
     rec = Recursion(net, device, keep_p=keep_p, check=check)
     lane = None if companion is None else Recursion(net, device, keep_p=False, check=check)
-    lane_recs = [rec] if lane is None else [rec, lane]
     gen = torch.Generator(device="cpu").manual_seed(0)
     ranking = list(range(len(candidates)))  # candidate indices, best first, from the last full evaluation
     for k in range(rec.hidden):
         rec.check()
-        (g, d), *lane_gram = _grams(lane_recs) if lane is not None else [rec.layer_gram()]
+        n = rec.W[k].shape[0]
+        # small layers: both lanes in one batched solve/product/Cholesky (call overhead dominates there); large
+        # layers: batching only adds copies, so the lane runs its own calls
+        lockstep = lane is not None and n <= LOCKSTEP_MAX_N
+        if lockstep:
+            (g, d), lane_gram = _grams([rec, lane])
+        else:
+            g, d = rec.layer_gram()
+            lane_gram = lane.layer_gram() if lane is not None else None
         cache = LayerCache(g)
-        lane_cache = None
-        if lane_gram:
-            lane_cache = cache if lane_gram[0][0] is g else LayerCache(lane_gram[0][0])
+        lane_cache = None if lane_gram is None else cache if lane_gram[0] is g else LayerCache(lane_gram[0])
         w_next = rec.W[k + 1]
         exact = k + 1 == rec.hidden or w_next.shape[0] <= 8
         plain_p = rec.slopes[k].p == 0 or rec.mode(k) == "schur" or not keep_p
@@ -589,17 +596,17 @@ def _greedy(net: MLP, candidates: Sequence[Rule], companion: Rule | None, *, dev
         rules = [candidates[i] for i in order]
         proposals = [r(cache) for r in rules]
         lane_prop = companion(lane_cache) if companion is not None and lane_cache is not None else None
-        n = g.shape[0]
         lane_mr = None
-        if rec.slopes[k].p >= 0 and (len(rules) + 1) * n * n * 8 <= BATCH_BYTES:
+        batched = rec.slopes[k].p >= 0 and (len(rules) + 1) * n * n * 8 <= BATCH_BYTES
+        if batched:
             # p ≥ 0: every candidate is compared with the p-term dropped, i.e. on M = 2Λ − ΛΓ̂Λ of this Γ̂
-            lams = torch.stack([lam for lam, _ in proposals] + ([lane_prop[0]] if lane_prop else []))
-            if lane_prop is None:
-                finished = form_m_batch(lams, g)
-            else:
+            lams = [lam for lam, _ in proposals]
+            if lockstep and lane_prop is not None and lane_cache is not None:
                 gs = torch.stack([g] * len(rules) + [lane_cache.g])
-                finished = form_m_batch(lams, gs)
+                finished = form_m_batch(torch.stack([*lams, lane_prop[0]]), gs)
                 lane_mr = finished.pop()
+            else:
+                finished = form_m_batch(torch.stack(lams), g)
         else:
             finished = []
             for lam, _ in proposals:
@@ -623,16 +630,20 @@ def _greedy(net: MLP, candidates: Sequence[Rule], companion: Rule | None, *, dev
             ranking = sorted(by_index, key=by_index.__getitem__) + [i for i in ranking if i not in by_index]
         j = live[min(range(len(live)), key=scores.__getitem__)]
         lam, margin = proposals[j]
-        mr = tuple(x.clone() for x in finished[j])  # not views into the candidate batch: free it
+        mr = finished[j]
         if not plain_p:  # re-finish the winner with the p-term
             mr = rec.finish(lam, g, d)
+        elif batched:
+            mr = tuple(x.clone() for x in mr)  # not views into the candidate batch: free it
         rec.commit(lam, d, mr, margin, rules[j].name)
-        if lane is not None and lane_prop is not None and companion is not None:
+        if lane is not None and lane_prop is not None and lane_gram is not None and companion is not None:
             lam_l, margin_l = lane_prop
-            g_l, d_l = lane_gram[0]
-            if lane_mr is None:  # failed its check in the batch (or no batch): run_rule's backtracking
+            g_l, d_l = lane_gram
+            if lane_mr is None:  # not in the batch, or failed its check there: run_rule's finish and backtracking
                 lam_l, lane_mr = lane.finish_backtracking(lam_l, g_l, d_l)
-            lane.commit(lam_l, d_l, tuple(x.clone() for x in lane_mr), margin_l, companion.name)
+            else:
+                lane_mr = tuple(x.clone() for x in lane_mr)
+            lane.commit(lam_l, d_l, lane_mr, margin_l, companion.name)
     return rec.final(), (None if lane is None else lane.final())
 
 
@@ -652,11 +663,28 @@ def _power_block(r: torch.Tensor, w: torch.Tensor, iters: int, gen: torch.Genera
     """An orthonormal block near the top eigenvectors of W M^{-1} Wᵀ: `iters` block power steps, one QR at the end
     (a few steps in float64 cannot collapse the columns to rank deficiency that matters for a ranking)."""
     v = torch.randn(w.shape[0], min(size, w.shape[0]), generator=gen, dtype=torch.float64).to(r.device)
-    if w.numel() <= DENSE_PROBE_NUMEL:  # small layers: one solve for B = R^{-1}Wᵀ, then W M^{-1} Wᵀ = BᵀB by matmuls
+    if w.numel() <= DENSE_PROBE_NUMEL and w.shape[0] > SQUARING_MAX_OUT:
+        # one solve for B = R^{-1}Wᵀ, then W M^{-1} Wᵀ = BᵀB by thin matmuls
         b = torch.linalg.solve_triangular(r, w.T, upper=False)
         for _ in range(iters):
             v = b.T @ (b @ v)
             v = v / torch.linalg.vector_norm(v, dim=0, keepdim=True)
+    elif w.numel() <= DENSE_PROBE_NUMEL:
+        # tiny layers: form H = W M^{-1} Wᵀ = BᵀB and apply H^iters by repeated squaring (fewest calls); the block's
+        # column space is the same as with a normalisation per step, and QR restores orthonormality
+        b = torch.linalg.solve_triangular(r, w.T, upper=False)
+        h = b.T @ b
+        h = h / torch.linalg.matrix_norm(h, ord=1)  # |eigenvalues| ≤ 1: the powers cannot overflow
+        p = None
+        e = iters
+        while e:
+            if e & 1:
+                p = h if p is None else p @ h
+            e >>= 1
+            if e:
+                h = h @ h
+        if p is not None:
+            v = p @ v
     else:
         for _ in range(iters):
             v = _apply(r, w, v)
