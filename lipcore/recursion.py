@@ -163,6 +163,23 @@ def form_m(lam: torch.Tensor, g: torch.Tensor, what: str) -> tuple[torch.Tensor,
     return c, dd, r.div_(dd[:, None])
 
 
+def normalised_gram(y: torch.Tensor, coef: float, k: int) -> tuple[torch.Tensor, list[float]]:
+    """coef·yᵀy divided by its largest diagonal entry, and that divisor: y is n_in×n_out, or a batch of them.
+
+    Why: every rule is homogeneous of degree −1, so the recursion works on unit-max-diagonal Γ̂ and keeps the
+    scale in a log accumulator; a zero or non-finite divisor means a degenerate layer.
+    """
+    divs = [coef * x for x in (y * y).sum(dim=-2).amax(dim=-1).reshape(-1).tolist()]
+    for d in divs:
+        if not (d > 0 and math.isfinite(d)):
+            raise CertificationError(f"layer {k + 1}: degenerate Gram matrix (max diagonal {d})")
+    if y.dim() == 2:
+        y.mul_(math.sqrt(coef / divs[0]))
+    else:
+        y.mul_(torch.tensor([math.sqrt(coef / d) for d in divs], dtype=y.dtype, device=y.device)[:, None, None])
+    return y.mT @ y, divs
+
+
 # ---------------------------------------------------------------------------------------------------- rules
 class LayerCache:
     """Spectral quantities of one layer's normalised Γ̂, computed once and shared by every candidate rule."""
@@ -325,13 +342,11 @@ class Recursion:
             y = self.W[0].T.clone()
         else:
             y = torch.linalg.solve_triangular(self.R if R is None else R, self.W[k].T, upper=False)
-        div = 1.0
         if normalise:
-            div = coef * float((y * y).sum(dim=0).max())
-            if not (div > 0 and math.isfinite(div)):
-                raise CertificationError(f"layer {k + 1}: degenerate Gram matrix (max diagonal {div})")
-        y.mul_(math.sqrt(coef / div))
-        return y.T @ y, div
+            g, divs = normalised_gram(y, coef, k)
+            return g, divs[0]
+        y.mul_(math.sqrt(coef))
+        return y.T @ y, 1.0
 
     def layer_gram(self) -> tuple[torch.Tensor, float]:
         """The normalised Γ̂_k the rules see (max diagonal 1) and its normalisation d."""
@@ -553,12 +568,7 @@ def _grams(recs: list[Recursion]) -> list[tuple[torch.Tensor, float]]:
     s = recs[0].slopes[k]
     coef = (s.alpha + s.beta) ** 2  # every lane in mode "drop" (αβ ≥ 0)
     y = torch.linalg.solve_triangular(torch.stack([r.R for r in recs]), recs[0].W[k].T, upper=False)
-    divs = (coef * (y * y).sum(dim=1).amax(dim=1)).tolist()
-    for d in divs:
-        if not (d > 0 and math.isfinite(d)):
-            raise CertificationError(f"layer {k + 1}: degenerate Gram matrix (max diagonal {d})")
-    y.mul_(torch.tensor([math.sqrt(coef / d) for d in divs], dtype=y.dtype, device=y.device)[:, None, None])
-    g = y.mT @ y
+    g, divs = normalised_gram(y, coef, k)
     return [(g[i], divs[i]) for i in range(len(recs))]
 
 
@@ -660,36 +670,34 @@ def _apply(r: torch.Tensor, w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 def _power_block(r: torch.Tensor, w: torch.Tensor, iters: int, gen: torch.Generator, size: int = 4) -> torch.Tensor:
-    """An orthonormal block near the top eigenvectors of W M^{-1} Wᵀ: `iters` block power steps, one QR at the end
-    (a few steps in float64 cannot collapse the columns to rank deficiency that matters for a ranking)."""
+    """An orthonormal block near the top eigenvectors of H = W M^{-1} Wᵀ: `iters` block power steps, one QR at the
+    end (the column space does not depend on how the steps are normalised)."""
     v = torch.randn(w.shape[0], min(size, w.shape[0]), generator=gen, dtype=torch.float64).to(r.device)
-    if w.numel() <= DENSE_PROBE_NUMEL and w.shape[0] > SQUARING_MAX_OUT:
-        # one solve for B = R^{-1}Wᵀ, then W M^{-1} Wᵀ = BᵀB by thin matmuls
+    if w.numel() > DENSE_PROBE_NUMEL:
+        step: Callable[[torch.Tensor], torch.Tensor] = lambda x: _apply(r, w, x)  # noqa: E731 - two thin solves
+    else:  # small layers: one solve for B = R^{-1}Wᵀ, then H = BᵀB by matmuls
         b = torch.linalg.solve_triangular(r, w.T, upper=False)
-        for _ in range(iters):
-            v = b.T @ (b @ v)
-            v = v / torch.linalg.vector_norm(v, dim=0, keepdim=True)
-    elif w.numel() <= DENSE_PROBE_NUMEL:
-        # tiny layers: form H = W M^{-1} Wᵀ = BᵀB and apply H^iters by repeated squaring (fewest calls); the block's
-        # column space is the same as with a normalisation per step, and QR restores orthonormality
-        b = torch.linalg.solve_triangular(r, w.T, upper=False)
-        h = b.T @ b
-        h = h / torch.linalg.matrix_norm(h, ord=1).clamp_min(1e-300)  # |eigenvalues| ≤ 1: powers cannot overflow
-        p = None
-        e = iters
-        while e:
-            if e & 1:
-                p = h if p is None else p @ h
-            e >>= 1
-            if e:
-                h = h @ h
-        if p is not None:
-            v = p @ v
-    else:
-        for _ in range(iters):
-            v = _apply(r, w, v)
-            v = v / torch.linalg.vector_norm(v, dim=0, keepdim=True)
+        if w.shape[0] <= SQUARING_MAX_OUT:  # tiny: H^iters by repeated squaring, the fewest calls
+            return torch.linalg.qr(_matrix_power(b.T @ b, iters) @ v)[0]
+        step = lambda x: b.T @ (b @ x)  # noqa: E731
+    for _ in range(iters):
+        v = step(v)
+        v = v / torch.linalg.vector_norm(v, dim=0, keepdim=True)
     return torch.linalg.qr(v)[0]
+
+
+def _matrix_power(h: torch.Tensor, e: int) -> torch.Tensor:
+    """(h/‖h‖₁)^e by repeated squaring (|eigenvalues| ≤ 1 after the scaling: the powers cannot overflow)."""
+    h = h / torch.linalg.matrix_norm(h, ord=1).clamp_min(1e-300)
+    p = torch.eye(h.shape[0], dtype=h.dtype, device=h.device) if e == 0 else None
+    while e:
+        if e & 1:
+            p = h if p is None else p @ h
+        e >>= 1
+        if e:
+            h = h @ h
+    assert p is not None
+    return p
 
 
 def _rayleigh_ritz(rs: list[torch.Tensor], w: torch.Tensor, v: torch.Tensor) -> list[float]:
