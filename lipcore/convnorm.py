@@ -186,7 +186,7 @@ class Symbol:
 
 
 def conv_symbol(w: torch.Tensor, grid: Grid, stride: tuple[int, ...], padding: tuple[int, ...],
-                dilation: tuple[int, ...], groups: int, device: torch.device) -> Symbol:
+                dilation: tuple[int, ...], groups: int, device: torch.device, dtype: torch.dtype = CDTYPE) -> Symbol:
     """The per-frequency symbol of a (grouped, dilated, strided, zero-padded) convolution on `grid`."""
     w = w.to(torch.float64)
     co, cig = w.shape[:2]
@@ -194,16 +194,16 @@ def conv_symbol(w: torch.Tensor, grid: Grid, stride: tuple[int, ...], padding: t
     k = w.shape[2:]
     d = len(k)
     if all(kk == 1 for kk in k) and all(p == 0 for p in padding) and groups == 1:
-        return Symbol(w.reshape(1, co, ci).to(device=device, dtype=CDTYPE), grid, False, stride, co, ci)
+        return Symbol(w.reshape(1, co, ci).to(device=device, dtype=dtype), grid, False, stride, co, ci)
     # W(w) = sum_taps K[..., a] exp(-2 pi i w.m_a / N) with m_a = p - a*d: one (F x taps) @ (taps x co*ci) product
     taps = np.stack(np.meshgrid(*[np.arange(kx) for kx in k], indexing="ij"), -1).reshape(-1, d)  # (T, d)
     m = np.array(padding)[None, :] - taps * np.array(dilation)[None, :]
     wf = np.stack(np.meshgrid(*[np.arange(h) for h in grid.half], indexing="ij"), -1).reshape(-1, d)  # (F, d)
     theta = -2 * np.pi * ((wf[:, None, :] * m[None, :, :]) / np.array(grid.dims)[None, None, :]).sum(-1)
-    E = torch.as_tensor(np.exp(1j * theta), dtype=CDTYPE, device=device)  # (F, T)
+    E = torch.as_tensor(np.exp(1j * theta), dtype=dtype, device=device)  # (F, T)
     depthwise = groups == ci and co == ci
     if depthwise:
-        kk = w[:, 0].reshape(co, -1).T.to(device=device, dtype=CDTYPE)  # (T, c)
+        kk = w[:, 0].reshape(co, -1).T.to(device=device, dtype=dtype)  # (T, c)
         return Symbol(E @ kk, grid, True, stride, co, ci)
     if groups == 1:
         kd = w
@@ -212,7 +212,7 @@ def conv_symbol(w: torch.Tensor, grid: Grid, stride: tuple[int, ...], padding: t
         og = co // groups
         for gi in range(groups):
             kd[gi * og:(gi + 1) * og, gi * cig:(gi + 1) * cig] = w[gi * og:(gi + 1) * og]
-    kk = kd.reshape(co * ci, -1).T.to(device=device, dtype=CDTYPE)  # (T, co*ci)
+    kk = kd.reshape(co * ci, -1).T.to(device=device, dtype=dtype)  # (T, co*ci)
     arr = (E @ kk).reshape(grid.F, co, ci)
     return Symbol(arr, grid, False, stride, co, ci)
 
@@ -226,6 +226,7 @@ def _chunks(F: int, c: int, budget: int = 1 << 26) -> int:
 
 def power_estimate(x: torch.Tensor, iters: int = 30, seed: int = 0) -> torch.Tensor:
     """Per-frequency lambda_max estimate of Hermitian PSD blocks (a LOWER estimate: never certified alone)."""
+    x = x.detach()  # a choice or a certificate, never a path for gradients
     F, c, _ = x.shape
     g = torch.Generator(device="cpu").manual_seed(seed)
     v = torch.randn(F, c, 1, generator=g, dtype=torch.float64).to(device=x.device, dtype=x.dtype)
@@ -241,6 +242,7 @@ def power_estimate(x: torch.Tensor, iters: int = 30, seed: int = 0) -> torch.Ten
 
 def lmax_estimate(x: torch.Tensor, iters: int = 8) -> float:
     """max_w lambda_max estimate (power iteration, at least the largest diagonal entry): chooses multipliers."""
+    x = x.detach()
     F, c, _ = x.shape
     est = float(x.diagonal(dim1=-2, dim2=-1).real.max())
     step = _chunks(F, c)
@@ -251,6 +253,7 @@ def lmax_estimate(x: torch.Tensor, iters: int = 8) -> float:
 
 def lmax_upper(x: torch.Tensor, iters: int = 30, check_deadline: object = None) -> float:
     """A certified upper bound on max_w lambda_max(x(w)) for Hermitian PSD blocks x (F, c, c)."""
+    x = x.detach()
     F, c, _ = x.shape
     if c == 1:
         return float(x.real.reshape(-1).max()) * (1 + ROUND_REL * 4)

@@ -101,8 +101,10 @@ class Engine:
 
     def __init__(self, g: GraphModel, rule: Rule | None, device: torch.device, dry: bool,
                  grids: dict[str, tuple[int, ...]] | None = None, check: Callable[[], None] | None = None,
-                 chunk: int = 1 << 25, circular: bool = False) -> None:
+                 chunk: int = 1 << 25, circular: bool = False, dtype: torch.dtype = cn.CDTYPE) -> None:
         self.g = g
+        self.differentiable = False
+        self.dtype = dtype  # complex128 for every certified value; complex64 only to tune multipliers (graph_tune)
         self.circular = circular  # test mode: every conv is circular on its own map (grid = map size)
         self.rule = rule
         self.dev = device
@@ -169,7 +171,7 @@ class Engine:
         if (b, a) in self.P:
             return self.P[(b, a)].mH
         # independent after a restart: zero cross storage
-        return torch.zeros(1, self.live[a].c, self.live[b].c, dtype=cn.CDTYPE, device=self.dev)
+        return torch.zeros(1, self.live[a].c, self.live[b].c, dtype=self.dtype, device=self.dev)
 
     def linked(self, a: str, b: str) -> bool:
         """a and b have cross storage (a missing block is zero: independent since a restart). Unlinked pairs
@@ -191,7 +193,9 @@ class Engine:
             del self.P[k]
 
     # ---------------------------------------------------------------------------------------------- run
-    def run(self) -> float:
+    def run(self, differentiable: bool = False) -> float | torch.Tensor:
+        """The bound. `differentiable`: sqrt(lambda_max(P_yy)) as a tensor carrying autograd (not certified)."""
+        self.differentiable = differentiable
         g = self.g
         for i, node in enumerate(g.nodes):
             self.i = i
@@ -206,7 +210,13 @@ class Engine:
             return math.nan
         y = g.output
         P = self.getP(y, y)
-        return math.sqrt(cn.lmax_upper(P, check_deadline=self.check))
+        return self._lmax(P) ** 0.5
+
+    def _lmax(self, x: torch.Tensor) -> float | torch.Tensor:
+        """Certified lambda_max upper bound; in a differentiable run the exact one, as a tensor (for tuning)."""
+        if self.differentiable:
+            return torch.linalg.eigvalsh(_herm(x)).max().clamp_min(0)
+        return cn.lmax_upper(x, check_deadline=self.check)
 
     # ---------------------------------------------------------------------------------------------- ops
     def _new(self, node: Node, like: TS, **kw: Any) -> TS:
@@ -292,7 +302,7 @@ class Engine:
                 if t in self.lazy_sigma:
                     sigma2 += self.lazy_sigma[t]
                 else:
-                    sigma2 += cn.lmax_upper(self.getP(t, t), check_deadline=self.check)
+                    sigma2 += self._lmax(self.getP(t, t))
         idx = {n.name: i for i, n in enumerate(self.g.nodes)}
         here = idx[node.name] if node is not None else -1
         all_die = node is not None and all(self.last_use.get(u, -1) <= here for u in inputs)
@@ -314,7 +324,7 @@ class Engine:
             if not ts.point and ts.sdims:
                 self._need(ts, ts.n)
             if not self.dry:
-                self.setP(t, t, (f * sigma2) * torch.eye(ts.c, dtype=cn.CDTYPE, device=self.dev)[None])
+                self.setP(t, t, (f * sigma2) * torch.eye(ts.c, dtype=self.dtype, device=self.dev)[None])
 
     def _restart_node(self, node: Node, c: float, like: TS | None = None, **kw: Any) -> None:
         u = self.live[node.inputs[0]] if node.inputs else None
@@ -330,7 +340,7 @@ class Engine:
         self.live[node.name] = t
         self._need(t, t.n)
         if not self.dry:
-            self.setP(node.name, node.name, torch.eye(t.c, dtype=cn.CDTYPE, device=self.dev)[None])
+            self.setP(node.name, node.name, torch.eye(t.c, dtype=self.dtype, device=self.dev)[None])
 
     def _op_other(self, node: Node) -> None:
         raise Refused(f"unsupported operator {node.target} at node {node.name}")
@@ -358,7 +368,7 @@ class Engine:
                         K[gi * og:(gi + 1) * og, gi * cig:(gi + 1) * cig] = w[(slice(gi * og, (gi + 1) * og),
                                                                                slice(None), *tap)]
                 y = TS(node.name, node.shape, 0, u.root, (), u.clean, point=True)
-                A = cn.Symbol(K.to(self.dev, cn.CDTYPE)[None], cn.Grid(()), False, (), co, ci)
+                A = cn.Symbol(K.to(self.dev, self.dtype)[None], cn.Grid(()), False, (), co, ci)
                 self.push(y, [(u.name, A, 1.0)])
                 return
             return self._restart_node(node, _conv_norm_bound(node, w), relayout=True)
@@ -386,7 +396,7 @@ class Engine:
         if self.dry:
             self.live[y.name] = y
             return
-        A = cn.conv_symbol(w, self.grid(u), s, p, dl, groups, self.dev)
+        A = cn.conv_symbol(w, self.grid(u), s, p, dl, groups, self.dev, self.dtype)
         self.push(y, [(u.name, A, 1.0)])
 
     def _op_avgpool(self, node: Node) -> None:
@@ -420,7 +430,7 @@ class Engine:
         mask[tuple(slice(0, x) for x in u.n)] = 1.0
         mh = torch.fft.rfftn(mask, norm="ortho").reshape(-1)
         coef = math.sqrt(gu.full) / float(np.prod(u.n))
-        arr = (coef * mh.conj()).to(self.dev, cn.CDTYPE)[:, None].expand(gu.F, u.c).contiguous()
+        arr = (coef * mh.conj()).to(self.dev, self.dtype)[:, None].expand(gu.F, u.c).contiguous()
         A = cn.Symbol(arr, gu, True, gu.dims, u.c, u.c)
         self.push(y, [(u.name, A, 1.0)])
 
@@ -433,7 +443,7 @@ class Engine:
             if self.dry:
                 self.live[y.name] = y
                 return
-            A = cn.Symbol(w.to(self.dev, cn.CDTYPE)[None], self.grid(u), False, (1,) * len(u.sdims), *w.shape)
+            A = cn.Symbol(w.to(self.dev, self.dtype)[None], self.grid(u), False, (1,) * len(u.sdims), *w.shape)
             return self.push(y, [(u.name, A, 1.0)])
         return self._restart_node(node, cn.spectral_norm_matrix(w), relayout=True)
 
@@ -447,7 +457,7 @@ class Engine:
             if self.dry:
                 self.live[y.name] = y
                 return
-            A = cn.Symbol(sc.to(self.dev, cn.CDTYPE)[None], self.grid(u), True, (1,) * len(u.sdims), u.c, u.c)
+            A = cn.Symbol(sc.to(self.dev, self.dtype)[None], self.grid(u), True, (1,) * len(u.sdims), u.c, u.c)
             return self.push(y, [(u.name, A, 1.0)])
         return self._restart_node(node, float(sc.abs().max()))
 
@@ -550,12 +560,12 @@ class Engine:
             # only a restart reads h, i.e. only lambda_max(P_hh). Whatever the rule, the scalar 1/tau is optimal
             # there (tau >= lambda_max(Gamma) certified): M = (2 I - Gamma/tau)/tau >= I/tau gives
             # lambda_max(P_hh) <= tau, and no diagonal Lambda does better since P_hh >= Gamma. No Cholesky needed.
-            tau = cn.lmax_upper(gamma, check_deadline=self.check)
+            tau = self._lmax(gamma)
             self.lazy_sigma[name] = tau
             self.live[name] = h
             self.stats.flops += _cost(gamma)
             return
-        lam = self.rule(gamma, gv)
+        lam = self.rule(gamma, gv, name) if getattr(self.rule, "named", False) else self.rule(gamma, gv)
         lam_t = (torch.as_tensor(lam, dtype=torch.float64, device=self.dev) if not isinstance(lam, float)
                  else torch.full((v.c,), lam, dtype=torch.float64, device=self.dev))
         for _ in range(60):
@@ -567,7 +577,7 @@ class Engine:
         else:
             raise CertificationError(f"no admissible multiplier at {name}")
         self.stats.min_margin = min(self.stats.min_margin, margin)
-        lamc = lam_t.to(cn.CDTYPE)
+        lamc = lam_t.to(self.dtype)
         others = [t for t in others if self.linked(v.name, t)]  # P_th = 0 and no P_tt' update for the rest
         B = {}
         for t in others:
@@ -627,9 +637,9 @@ def _chol_m(gamma: torch.Tensor, lam: torch.Tensor, chunk: int,
         L, info = torch.linalg.cholesky_ex(M)
         if bool((info != 0).any()):
             return None, None, 0.0
-        dmin = float(L.diagonal(dim1=-2, dim2=-1).real.min()) ** 2
-        dmax = float(M.diagonal(dim1=-2, dim2=-1).real.max())
-        if dmin <= 1e-13 * dmax:  # too close to singular to trust in float64
+        dmin = float(L.detach().diagonal(dim1=-2, dim2=-1).real.min()) ** 2
+        dmax = float(M.detach().diagonal(dim1=-2, dim2=-1).real.max())
+        if dmin <= (1e-13 if L.dtype.itemsize >= 8 else 1e-6) * dmax:  # too close to singular to trust
             return None, None, 0.0
         margin = min(margin, dmin / dmax)
         Linvs.append(torch.linalg.solve_triangular(L, eye.expand(gi.shape[0], c, c), upper=False))
