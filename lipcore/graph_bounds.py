@@ -299,8 +299,8 @@ def optimized(g: GraphModel, ctx: Context) -> tuple[float, dict[str, Any]]:
     g.require_supported()
     v = "optimized"
     steps, lr = int(ctx.opt(v, "steps", 6)), float(ctx.opt(v, "lr", 0.1))
-    pg, what = graph_tune.proxy_graph(g, int(ctx.opt(v, "proxy", 64)))
     _guard_cost(g, ctx, v)
+    pg, what = graph_tune.proxy_graph(g, int(ctx.opt(v, "proxy", 64)))
     est = 3 * (steps + 1) * graph_tune.proxy_cost(pg, ctx.device) * 8 / _rate(ctx.device.type) / 2  # complex64
     tune_s = ctx.opt(v, "tune_s", None)
     left = ctx.time_left()

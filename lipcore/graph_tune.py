@@ -105,7 +105,7 @@ def tune(pg: GraphModel, device: torch.device, steps: int, lr: float, seconds: f
     best: tuple[float, dict[str, tuple[torch.Tensor, torch.Tensor]]] | None = None
     t0 = time.perf_counter()
     stopped = None
-    for _ in range(steps + 1):  # the last forward only evaluates the last step
+    while len(history) < steps + 1:  # the last forward only evaluates the last step
         try:
             eng = fourier.Engine(pg, rule, device, dry=False, grids=grids, check=check, dtype=dtype)
             val = eng.run(differentiable=True)

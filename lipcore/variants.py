@@ -56,7 +56,8 @@ VARIANTS: dict[str, VariantSpec] = {v.id: v for v in [
     _v("sh-combined", "upper", "lipcore.closed_form:sh_combined", "lipcore.graph_bounds:sh_combined",
        "minimum over the Syed-Hu family (c grids, per-layer greedy mixing) and naive"),
     _v("optimized", "upper", "lipcore.optimize:optimized", "lipcore.graph_bounds:optimized",
-       "SDP-free: complete (c, U) parameterisation of admissible Lambda tuned by gradient descent"),
+       "SDP-free: complete (c, U) parameterisation of admissible Lambda tuned by gradient descent "
+       "(traced models: one U entry per channel, tuned on a small-input proxy)"),
     _v("lipsdp-neuron", "upper", "lipcore.sdp:lipsdp_neuron", None,
        "LipSDP-Neuron (Fazlyab et al. 2019), certified by re-running the recursion", sdp=True),
     _v("lipsdp-layer", "upper", "lipcore.sdp:lipsdp_layer", None,
