@@ -32,7 +32,8 @@ DEFAULT_C = 1.35  # the start: sh-spectral's default member
 class TunedRule:
     """Lambda = c U / lambda_max(U^1/2 Gamma U^1/2) from per-activation (a, z); unseen activations start at
     (c = DEFAULT_C, U = I). `differentiable`: lambda_max is the Rayleigh quotient at detached power-iteration
-    vectors (its gradient is the envelope gradient); otherwise a 30-step power estimate that only chooses."""
+    vectors (its gradient is the envelope gradient; power_iters <= 0: the exact eigenvalue); otherwise a 30-step
+    power estimate that only chooses."""
 
     named = True
 

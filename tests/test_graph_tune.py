@@ -77,7 +77,6 @@ def test_differentiable_run_is_the_bound_and_its_gradient() -> None:
     g = build_graph(m, shape, name=name)
     grids, _ = fourier.plan(g, CPU)
     rule = gt.TunedRule(differentiable=True, power_iters=0)
-    rule.params = {}
 
     def bound(diff: bool) -> torch.Tensor | float:
         return fourier.Engine(g, rule, CPU, dry=False, grids=grids, dtype=torch.complex128).run(differentiable=diff)
