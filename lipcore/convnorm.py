@@ -224,20 +224,29 @@ def _chunks(F: int, c: int, budget: int = 1 << 26) -> int:
     return max(1, min(F, budget // max(1, c * c)))
 
 
+def power_vectors(x: torch.Tensor, iters: int, seed: int = 0) -> torch.Tensor:
+    """Unit vectors (F, c, 1) after `iters` power steps on blocks x (F, c, c), from a seeded start; no gradient."""
+    x = x.detach()  # a choice or a certificate, never a path for gradients
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    v = torch.randn(x.shape[0], x.shape[1], 1, generator=g, dtype=torch.float64).to(device=x.device, dtype=x.dtype)
+    v = v + 0.1
+
+    def unit(v: torch.Tensor) -> torch.Tensor:
+        n = torch.linalg.vector_norm(v, dim=(1, 2), keepdim=True)
+        return v / n.clamp_min(torch.finfo(n.dtype).tiny)
+
+    for _ in range(iters):
+        v = x @ unit(v)
+    return unit(v)
+
+
 def power_estimate(x: torch.Tensor, iters: int = 30, seed: int = 0) -> torch.Tensor:
     """Per-frequency lambda_max estimate of Hermitian PSD blocks (a LOWER estimate: never certified alone)."""
-    x = x.detach()  # a choice or a certificate, never a path for gradients
-    F, c, _ = x.shape
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    v = torch.randn(F, c, 1, generator=g, dtype=torch.float64).to(device=x.device, dtype=x.dtype)
-    v = v + 0.1
-    est = torch.zeros(F, dtype=torch.float64, device=x.device)
-    for _ in range(iters):
-        v = v / torch.linalg.vector_norm(v, dim=(1, 2), keepdim=True).clamp_min(1e-300)
-        xv = x @ v
-        est = (v.mH @ xv).real.reshape(F)
-        v = xv
-    return est
+    x = x.detach()
+    if iters <= 0:
+        return torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+    v = power_vectors(x, iters - 1, seed)
+    return (v.mH @ (x @ v)).real.reshape(x.shape[0])
 
 
 def lmax_estimate(x: torch.Tensor, iters: int = 8) -> float:

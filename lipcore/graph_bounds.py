@@ -301,7 +301,8 @@ def optimized(g: GraphModel, ctx: Context) -> tuple[float, dict[str, Any]]:
     steps, lr = int(ctx.opt(v, "steps", 6)), float(ctx.opt(v, "lr", 0.1))
     _guard_cost(g, ctx, v)
     pg, what = graph_tune.proxy_graph(g, int(ctx.opt(v, "proxy", 64)))
-    est = 3 * (steps + 1) * graph_tune.proxy_cost(pg, ctx.device) * 8 / _rate(ctx.device.type) / 2  # complex64
+    grids, cost = fourier.plan(pg, ctx.device)
+    est = 3 * (steps + 1) * cost * 8 / _rate(ctx.device.type) / 2  # forward + backward in complex64
     tune_s = ctx.opt(v, "tune_s", None)
     left = ctx.time_left()
     if tune_s is None and est > float(ctx.opt(v, "max_est_s", DEFAULT_MAX_EST_S.get(ctx.device.type, 900.0))):
@@ -311,7 +312,7 @@ def optimized(g: GraphModel, ctx: Context) -> tuple[float, dict[str, Any]]:
     if left is not None:
         budget = min(budget or math.inf, left / 3)
     t0 = time.perf_counter()
-    rule, tinfo = graph_tune.tune(pg, ctx.device, steps, lr, budget, ctx.check_deadline,
+    rule, tinfo = graph_tune.tune(pg, grids, ctx.device, steps, lr, budget, ctx.check_deadline,
                                   power_iters=int(ctx.opt(v, "power_iters", 20)),
                                   c0=float(ctx.opt(v, "c0", graph_tune.DEFAULT_C)))
     t1 = time.perf_counter()

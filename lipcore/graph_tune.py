@@ -65,12 +65,7 @@ class TunedRule:
 
 def _rayleigh_max(x: torch.Tensor, iters: int) -> torch.Tensor:
     """max over frequencies of v^* x v at power-iteration vectors v (detached): a differentiable lambda_max."""
-    with torch.no_grad():
-        g = torch.Generator(device="cpu").manual_seed(0)
-        v = torch.randn(x.shape[0], x.shape[1], 1, generator=g, dtype=torch.float64).to(x.device, x.dtype) + 0.1
-        for _ in range(iters):
-            v = x @ (v / torch.linalg.vector_norm(v, dim=(1, 2), keepdim=True).clamp_min(1e-30))
-        v = v / torch.linalg.vector_norm(v, dim=(1, 2), keepdim=True).clamp_min(1e-30)
+    v = cn.power_vectors(x, iters)
     return (v.mH @ x @ v).real.max().to(torch.float64)
 
 
@@ -91,16 +86,12 @@ def proxy_graph(g: GraphModel, size: int) -> tuple[GraphModel, str]:
     return pg, f"the model traced at input {small}"
 
 
-def proxy_cost(pg: GraphModel, device: torch.device) -> float:
-    return fourier.plan(pg, device)[1]
-
-
-def tune(pg: GraphModel, device: torch.device, steps: int, lr: float, seconds: float | None,
-         check: Callable[[], None], dtype: torch.dtype = torch.complex64, power_iters: int = 20,
-         c0: float = DEFAULT_C) -> tuple[TunedRule, dict[str, Any]]:
-    """Adam on log(bound of the proxy). Returns the rule at the best proxy value seen, and the trajectory."""
+def tune(pg: GraphModel, grids: dict[str, tuple[int, ...]], device: torch.device, steps: int, lr: float,
+         seconds: float | None, check: Callable[[], None], dtype: torch.dtype = torch.complex64,
+         power_iters: int = 20, c0: float = DEFAULT_C) -> tuple[TunedRule, dict[str, Any]]:
+    """Adam on log(bound of the proxy), on the grids of `fourier.plan(pg)`. Returns the rule at the best proxy
+    value seen, and the trajectory."""
     rule = TunedRule(differentiable=True, power_iters=power_iters, c0=c0)
-    grids, _ = fourier.plan(pg, device)
     opt: torch.optim.Optimizer | None = None
     history: list[float] = []
     best: tuple[float, dict[str, tuple[torch.Tensor, torch.Tensor]]] | None = None

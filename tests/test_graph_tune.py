@@ -79,7 +79,7 @@ def test_differentiable_run_is_the_bound_and_its_gradient() -> None:
     rule = gt.TunedRule(differentiable=True, power_iters=0)
 
     def bound(diff: bool) -> torch.Tensor | float:
-        return fourier.Engine(g, rule, CPU, dry=False, grids=grids, dtype=torch.complex128).run(differentiable=diff)
+        return fourier.Engine(g, rule, CPU, dry=False, grids=grids).run(differentiable=diff)
 
     val = bound(True)
     assert float(val.detach()) == pytest.approx(bound(False), rel=1e-5)  # certified lambda_max is inflated by ~1e-6
