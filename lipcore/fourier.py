@@ -37,6 +37,15 @@ so their sector terms vanish whatever the (lifted) pre-activation is, and minimi
 increments (a superset) keeps the inequality. A *linear* tensor whose exterior may carry wrap-around values
 ("unclean") is never read by a conv that looks outside the interior: such a read forces a restart first
 (which re-embeds the true, clean tensor). Global mean pooling sums the interior only (masked FFT).
+
+Coarse activations. When v lives on a coarser grid than live tensors t, t' (a stride-2 conv output while its
+fine input is still live), the exact update P_tt' += b^2 P_tv Lambda G Lambda P_vt' couples every pair of fine
+frequencies that alias to the same coarse one: it is not block-diagonal on the fine grid. Keeping only the
+diagonal blocks would not be an upper bound. Cauchy-Schwarz over each alias class, (sum_f w_f)(sum_f w_f)^* <=
+S sum_f w_f w_f^*, gives one that is: the kept blocks of the pair (t, t') times min(S_t, S_t'), S_t the number of
+t-grid frequencies per v-grid frequency (1 when t is on v's grid or coarser: those pairs are exact). `schedule`
+orders the graph so that ResNet downsampling blocks never need it (the strided shortcut is pushed before the
+branch's activation, so x dies on the fine grid first); the run reports where it was needed.
 """
 
 from __future__ import annotations
@@ -90,6 +99,7 @@ class Stats:
     flops: float = 0.0
     vacuous: bool = False
     min_margin: float = math.inf
+    alias_inflated: list[str] = field(default_factory=list)  # activations whose update took the factor below
 
 
 def _lcm(a: int, b: int) -> int:
@@ -119,10 +129,11 @@ class Engine:
         self.act_sizes: list[tuple[str, tuple[int, ...], int, bool]] = []  # (root, r, channels) per activation
         self.check = check or (lambda: None)
         self.chunk = chunk
+        self.nodes = schedule(g)
         cons = g.consumers()
-        order = {n.name: i for i, n in enumerate(g.nodes)}
-        self.last_use = {k: max((order[c] for c in v), default=order[k]) for k, v in cons.items()}
-        self.last_use[g.output] = len(g.nodes)
+        self.order = {n.name: i for i, n in enumerate(self.nodes)}
+        self.last_use = {k: max((self.order[c] for c in v), default=self.order[k]) for k, v in cons.items()}
+        self.last_use[g.output] = len(self.nodes)
         self.cons = cons
         self.i = -1
         self.factor: dict[str, tuple[torch.Tensor, cn.Grid]] = {}  # P_tt = R^* R kept factored (R = L^{-1})
@@ -197,7 +208,7 @@ class Engine:
         """The bound. `differentiable`: sqrt(lambda_max(P_yy)) as a tensor carrying autograd (not certified)."""
         self.differentiable = differentiable
         g = self.g
-        for i, node in enumerate(g.nodes):
+        for i, node in enumerate(self.nodes):
             self.i = i
             self.check()
             getattr(self, f"_op_{node.op}", self._op_other)(node)
@@ -303,8 +314,7 @@ class Engine:
                     sigma2 += self.lazy_sigma[t]
                 else:
                     sigma2 += self._lmax(self.getP(t, t))
-        idx = {n.name: i for i, n in enumerate(self.g.nodes)}
-        here = idx[node.name] if node is not None else -1
+        here = self.order[node.name] if node is not None else -1
         all_die = node is not None and all(self.last_use.get(u, -1) <= here for u in inputs)
         f = max(1.0, c * c) if all_die else 1.0 + c * c
         if node is None:
@@ -592,6 +602,11 @@ class Engine:
                 upd = cn.up(bt, g1, g3).mH @ cn.up(bt2, g2, g3)
                 tgt = cn.finer(self.grid(self.live[t]), self.grid(self.live[t2]))
                 upd = cn.down(upd, g3, tgt)
+                k = min(g1.full, g2.full) // max(1, gv.full)
+                if k > 1:  # t and t2 both on grids finer than v's: see "Coarse activations" in the docstring
+                    upd = upd * k
+                    if name not in self.stats.alias_inflated:
+                        self.stats.alias_inflated.append(name)
                 cur = self.getP(t, t2)
                 self.setP(t, t2, _add(cur, upd))
         self.live[name] = h
@@ -603,6 +618,50 @@ class Engine:
 
 
 # -------------------------------------------------------------------------------------------------------------
+HOISTABLE = frozenset({"conv", "avgpool"})  # single-input push-forwards
+CLEAN_SOURCES = frozenset({"act", "maxpool", "input"})  # their outputs are clean: a conv reading them never restarts
+WINDOW_OPS = frozenset({"conv", "avgpool", "act", "add", "scale", "linear"})  # never restart on clean inputs
+
+
+def schedule(g: GraphModel) -> list[Node]:
+    """The order the engine processes g in: the traced order, except that a conv / avg pool reading an
+    activation (or restart) output t is moved up to right after t's other consumers when that lets t die.
+
+    Why: a ResNet downsampling block reads its input x twice (the strided conv1 and the strided 1x1 shortcut);
+    in traced order x stays live, on the fine grid, through conv1's activation and conv2, where every cross
+    block with x costs 4x the coarse one. Pushing the shortcut first replaces x by its image on the coarse grid.
+    The bound is unchanged: a push-forward is exact and commutes with the activation's rank update, and
+    dropping x is the same marginalisation either way. Only moves across push-forwards and activations are
+    made (never across a restart, where the live set enters sigma^2).
+    """
+    nodes = list(g.nodes)
+    cons = g.consumers()
+    by = {n.name: n for n in nodes}
+    out: list[Node] = []
+    done: set[str] = set()
+    pending = list(nodes)
+    while pending:
+        n = pending.pop(0)
+        if n.name in done:
+            continue
+        out.append(n)
+        done.add(n.name)
+        for t in n.inputs:  # t's remaining consumers: hoist them if they are all cheap pushes of t alone
+            rest = [c for c in cons.get(t, []) if c not in done]
+            if not rest or by[t].op not in CLEAN_SOURCES or t == g.output:
+                continue
+            if not all(by[c].op in HOISTABLE and list(by[c].inputs) == [t] for c in rest):
+                continue
+            between = [m for m in pending if m.name not in done]
+            last = max(next(i for i, m in enumerate(between) if m.name == c) for c in rest)
+            if all(m.op in WINDOW_OPS for m in between[:last]):
+                for m in between[:last + 1]:
+                    if m.name in rest:
+                        out.append(m)
+                        done.add(m.name)
+    return out
+
+
 def _add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a + b
 
@@ -726,4 +785,4 @@ def run_recursion(g: GraphModel, rule: Rule, device: torch.device, check: Callab
     st = e.stats
     return val, {"restarts": st.restarts, "activations": st.activations, "backoffs": st.backoffs,
                  "grids": {k: list(v) for k, v in grids.items()}, "min_margin": st.min_margin,
-                 "vacuous": st.vacuous}
+                 "vacuous": st.vacuous, **({"alias_inflated": st.alias_inflated} if st.alias_inflated else {})}
