@@ -273,6 +273,21 @@ class Engine:
             X = cn.alias_stack(X, gu, gy) if gu != gy else X
             self.setP(y.name, y.name, (X @ X.mH) * (cu * cu / sig[0] ** 2))
             return
+        if len(terms) == 1 and terms[0][1] is not None and (y.name, terms[0][0]) in self.P:
+            # u stays live: P_yu = (c/s) A P_uu was just formed (on u's grid), so P_yy = (c/s) fold(P_yu A^*)
+            u, A, cu = terms[0]
+            gu = self.grid(self.live[u])
+            X = self.P[(y.name, u)]
+            if A.flat:
+                acc = A.right_h(cn.down(X, gu, gy))
+            elif gu == gy or A.diag:
+                acc = cn.down(A.on(gu).right_h(X), gu, gy)
+            elif X.shape[0] > 1:
+                acc = cn.alias_stack(X, gu, gy) @ cn.alias_stack(A.on(gu).arr, gu, gy).mH
+            if acc is not None:
+                self.setP(y.name, y.name, acc * (cu / sig[0]))
+                self.stats.flops += _cost(acc)
+                return
         for (u, A, cu), su in zip(terms, sig, strict=True):
             for (v, B, cv), sv in zip(terms, sig, strict=True):
                 if not self.linked(u, v):

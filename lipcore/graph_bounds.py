@@ -298,7 +298,7 @@ def optimized(g: GraphModel, ctx: Context) -> tuple[float, dict[str, Any]]:
 
     g.require_supported()
     v = "optimized"
-    steps, lr = int(ctx.opt(v, "steps", 6)), float(ctx.opt(v, "lr", 0.1))
+    steps, lr = int(ctx.opt(v, "steps", 8)), float(ctx.opt(v, "lr", 0.05))
     _guard_cost(g, ctx, v)
     pg, what = graph_tune.proxy_graph(g, int(ctx.opt(v, "proxy", 64)))
     grids, cost = fourier.plan(pg, ctx.device)
@@ -322,7 +322,7 @@ def optimized(g: GraphModel, ctx: Context) -> tuple[float, dict[str, Any]]:
                               "Adam on a proxy, certified at full size", "proxy": what, "steps": steps, "lr": lr,
                               "proxy_values": [round(x, 6) for x in tinfo["proxy_values"]],
                               "tune_seconds": t1 - t0, "certify_seconds": time.perf_counter() - t1,
-                              **{k: tinfo[k] for k in ("tune_dtype", "tuning_stopped") if k in tinfo},
+                              **{k: tinfo[k] for k in ("tune_dtype", "backtracks", "tuning_stopped") if k in tinfo},
                               **_clean(info)}
     runs = {k[2]: r[0] for k, r in ctx.memo.items() if isinstance(k, tuple) and k[:2] == ("graph-run", id(g))}
     if runs and min(runs.values()) < val:

@@ -14,6 +14,7 @@ there only *chooses* Lambda, and every M block is certified by its Cholesky fact
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -89,14 +90,17 @@ def proxy_graph(g: GraphModel, size: int) -> tuple[GraphModel, str]:
 def tune(pg: GraphModel, grids: dict[str, tuple[int, ...]], device: torch.device, steps: int, lr: float,
          seconds: float | None, check: Callable[[], None], dtype: torch.dtype = torch.complex64,
          power_iters: int = 20, c0: float = DEFAULT_C) -> tuple[TunedRule, dict[str, Any]]:
-    """Adam on log(bound of the proxy), on the grids of `fourier.plan(pg)`. Returns the rule at the best proxy
-    value seen, and the trajectory."""
+    """Adam on log(bound of the proxy), on the grids of `fourier.plan(pg)`. A step that makes the bound worse is
+    taken back and retried at half the learning rate from the best point (its gradient and Adam state are kept,
+    so a backtrack costs no extra run). Returns the rule at the best proxy value seen, and the trajectory."""
     rule = TunedRule(differentiable=True, power_iters=power_iters, c0=c0)
     opt: torch.optim.Optimizer | None = None
     history: list[float] = []
     best: tuple[float, dict[str, tuple[torch.Tensor, torch.Tensor]]] | None = None
     t0 = time.perf_counter()
     stopped = None
+    saved: tuple[dict[str, Any], list[torch.Tensor]] | None = None  # Adam state and gradient at the best point
+    backtracks = 0
     while len(history) < steps + 1:  # the last forward only evaluates the last step
         try:
             eng = fourier.Engine(pg, rule, device, dry=False, grids=grids, check=check, dtype=dtype)
@@ -115,19 +119,35 @@ def tune(pg: GraphModel, grids: dict[str, tuple[int, ...]], device: torch.device
             stopped = f"{type(e).__name__}: {e}"  # keep the best point so far (or the untuned start)
             break
         history.append(v)
-        if best is None or v < best[0]:
+        improved = best is None or v < best[0]
+        if improved:
             best = (v, {k: (a.detach().clone(), z.detach().clone()) for k, (a, z) in rule.params.items()})
         if len(history) == steps + 1 or (seconds is not None and
                                          (time.perf_counter() - t0) * (len(history) + 1) / len(history) > seconds):
             break
+        params = [p for pair in rule.params.values() for p in pair]
         if opt is None:
-            opt = torch.optim.Adam([p for pair in rule.params.values() for p in pair], lr=lr)
-        opt.zero_grad()
-        torch.log(val).backward()
+            opt = torch.optim.Adam(params, lr=lr)
+        if improved or saved is None:
+            opt.zero_grad()
+            torch.log(val).backward()
+            saved = (copy.deepcopy(opt.state_dict()), [p.grad.clone() for p in params])
+        else:  # overshoot: back to the best point, half the step along the same Adam direction (no extra run)
+            with torch.no_grad():
+                for k, (a, z) in rule.params.items():
+                    a.copy_(best[1][k][0])
+                    z.copy_(best[1][k][1])
+            opt.load_state_dict(saved[0])
+            for p, gr in zip(params, saved[1], strict=True):
+                p.grad = gr.clone()
+            lr *= 0.5
+            backtracks += 1
+        for group in opt.param_groups:
+            group["lr"] = lr
         opt.step()
     out = TunedRule(best[1] if best is not None else {}, differentiable=False, c0=c0)
     info: dict[str, Any] = {"proxy_values": history, "tune_seconds": time.perf_counter() - t0,
-                            "tune_dtype": str(dtype).replace("torch.", "")}
+                            "tune_dtype": str(dtype).replace("torch.", ""), "backtracks": backtracks}
     if stopped:
         info["tuning_stopped"] = stopped
     return out, info
