@@ -12,7 +12,7 @@ except PackageNotFoundError:  # running from a source tree without install
 
 # Bumped whenever a bound's definition or certification changes: the catalog keys results on it, so a
 # new engine version marks every model stale and the next audit recomputes.
-ENGINE_VERSION = "1"
+ENGINE_VERSION = "2"  # 2: fine tensors live across a coarse activation are bounded soundly (fourier)
 
 from .activations import Activation, get_activation  # noqa: E402
 from .api import analyze, resolve_device  # noqa: E402
