@@ -644,9 +644,10 @@ def schedule(g: GraphModel) -> list[Node]:
 
     Why: a ResNet downsampling block reads its input x twice (the strided conv1 and the strided 1x1 shortcut);
     in traced order x stays live, on the fine grid, through conv1's activation and conv2, where every cross
-    block with x costs 4x the coarse one. Pushing the shortcut first replaces x by its image on the coarse grid.
-    The bound is unchanged: a push-forward is exact and commutes with the activation's rank update, and
-    dropping x is the same marginalisation either way. Only moves across push-forwards and activations are
+    block with x costs 4x the coarse one, and x's own update needs the Cauchy-Schwarz factor (module docstring).
+    Pushing the shortcut first replaces x by its image on the coarse grid, where every update is exact. The
+    exact recursion's bound is the same in either order: a push-forward commutes with the activation's rank
+    update, and dropping x is the same marginalisation. Only moves across push-forwards and activations are
     made (never across a restart, where the live set enters sigma^2).
     """
     nodes = list(g.nodes)

@@ -299,9 +299,9 @@ def test_schedule_pushes_the_strided_shortcut_first() -> None:
 
 def test_coarse_activation_with_fine_tensors_live_stays_sound(monkeypatch: pytest.MonkeyPatch) -> None:
     """In traced order the fine input x is live across the coarse activation: its update couples aliased
-    frequencies. Keeping only the diagonal blocks undercut the exact recursion by 6% on this net (0.944);
+    frequencies. Keeping only the diagonal blocks undercut the exact recursion by 25% on this net (0.746);
     the Cauchy-Schwarz factor keeps the bound above it, and the run says where it was applied."""
-    torch.manual_seed(50)
+    torch.manual_seed(36)
     m = BasicLate(ci=1, co=2, k=1, last_relu=False).eval()
     with torch.no_grad():
         for p in m.parameters():
