@@ -617,7 +617,7 @@ class Engine:
                 upd = cn.up(bt, g1, g3).mH @ cn.up(bt2, g2, g3)
                 tgt = cn.finer(self.grid(self.live[t]), self.grid(self.live[t2]))
                 upd = cn.down(upd, g3, tgt)
-                k = min(g1.full, g2.full) // max(1, gv.full)
+                k = min(g1.full, g2.full) // gv.full
                 if k > 1:  # t and t2 both on grids finer than v's: see "Coarse activations" in the docstring
                     upd = upd * k
                     if name not in self.stats.alias_inflated:
@@ -650,31 +650,26 @@ def schedule(g: GraphModel) -> list[Node]:
     update, and dropping x is the same marginalisation. Only moves across push-forwards and activations are
     made (never across a restart, where the live set enters sigma^2).
     """
-    nodes = list(g.nodes)
     cons = g.consumers()
-    by = {n.name: n for n in nodes}
     out: list[Node] = []
     done: set[str] = set()
-    pending = list(nodes)
+    pending = list(g.nodes)
     while pending:
         n = pending.pop(0)
-        if n.name in done:
-            continue
         out.append(n)
         done.add(n.name)
         for t in n.inputs:  # t's remaining consumers: hoist them if they are all cheap pushes of t alone
             rest = [c for c in cons.get(t, []) if c not in done]
-            if not rest or by[t].op not in CLEAN_SOURCES or t == g.output:
+            if not rest or g.node(t).op not in CLEAN_SOURCES or t == g.output:
                 continue
-            if not all(by[c].op in HOISTABLE and list(by[c].inputs) == [t] for c in rest):
+            if not all(g.node(c).op in HOISTABLE and list(g.node(c).inputs) == [t] for c in rest):
                 continue
-            between = [m for m in pending if m.name not in done]
-            last = max(next(i for i, m in enumerate(between) if m.name == c) for c in rest)
-            if all(m.op in WINDOW_OPS for m in between[:last]):
-                for m in between[:last + 1]:
-                    if m.name in rest:
-                        out.append(m)
-                        done.add(m.name)
+            last = max(next(i for i, m in enumerate(pending) if m.name == c) for c in rest)
+            if all(m.op in WINDOW_OPS for m in pending[:last]):
+                hoisted = [m for m in pending[:last + 1] if m.name in rest]
+                out.extend(hoisted)
+                done.update(m.name for m in hoisted)
+                pending = [m for m in pending if m.name not in done]
     return out
 
 

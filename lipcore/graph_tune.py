@@ -128,11 +128,12 @@ def tune(pg: GraphModel, grids: dict[str, tuple[int, ...]], device: torch.device
         params = [p for pair in rule.params.values() for p in pair]
         if opt is None:
             opt = torch.optim.Adam(params, lr=lr)
-        if improved or saved is None:
+        if improved:
             opt.zero_grad()
             torch.log(val).backward()
             saved = (copy.deepcopy(opt.state_dict()), [p.grad.clone() for p in params])
         else:  # overshoot: back to the best point, half the step along the same Adam direction (no extra run)
+            assert best is not None and saved is not None  # the first evaluation always improves
             with torch.no_grad():
                 for k, (a, z) in rule.params.items():
                     a.copy_(best[1][k][0])
