@@ -33,10 +33,10 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
-from lipcore.benchnets import eclipse_net  # noqa: E402
 from lipcore.errors import LipzooError, Refused  # noqa: E402
-from lipcore.network import MLP  # noqa: E402
-from lipcore.sdp import estimated_seconds  # noqa: E402
+from lipcore.mlp.benchnets import eclipse_net  # noqa: E402
+from lipcore.mlp.network import MLP  # noqa: E402
+from lipcore.mlp.sdp import estimated_seconds  # noqa: E402
 from lipcore.variants import VARIANTS, Context  # noqa: E402
 
 CLOSED = ["naive", "eclipse-fast", "sh-spectral", "sh-gershgorin", "sh-shift", "sh-combined", "optimized"]
@@ -109,7 +109,7 @@ def _shared_combined(net: MLP) -> float | None:
 # of 120 neurons) outgrows this 24 GiB machine, and the kernel's OOM killer would take the whole benchmark with it.
 CAPPED_CHILD = """
 import json, sys, time
-from lipcore.benchnets import eclipse_net
+from lipcore.mlp.benchnets import eclipse_net
 from lipcore.variants import VARIANTS, Context
 layers, width, limit, solver = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 opts = {"lipsdp-neuron": {"max_neurons": 10**9, "max_seconds": 1e18, "time_limit": limit, "solver": solver}}

@@ -157,7 +157,7 @@ def _refusal_types() -> tuple[type[BaseException], ...]:
 
     types: list[type[BaseException]] = [Unsupported, Refused]
     try:
-        from lipcore.loaders import NotAnMLP
+        from lipcore.mlp.loaders import NotAnMLP
 
         types.append(NotAnMLP)
     except ImportError:

@@ -26,7 +26,7 @@ A manifest is TOML (deploy/zoos/*.toml) or the same structure as a dict:
     pattern = ["*.safetensors", "*.npz"]
 
     [[models]]
-    hub = "bench"                     # the ECLipsE benchmark MLPs, generated (lipcore.benchnets)
+    hub = "bench"                     # the ECLipsE benchmark MLPs, generated (lipcore.mlp.benchnets)
     nets = ["lyr2n20", "lyr10n80"]
 
 Every entry may override variants, device, budget_s, input_shape, activation, slope and options

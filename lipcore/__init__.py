@@ -10,16 +10,13 @@ try:
 except PackageNotFoundError:  # running from a source tree without install
     __version__ = "0.0.0+src"
 
-# Bumped whenever a bound's definition or certification changes: the catalog keys results on it, so a
-# new engine version marks every model stale and the next audit recomputes.
-ENGINE_VERSION = "2"  # 2: fine tensors live across a coarse activation are bounded soundly (fourier)
-
 from .activations import Activation, get_activation  # noqa: E402
 from .api import analyze, resolve_device  # noqa: E402
 from .errors import BudgetExceeded, CertificationError, InputError, LipzooError, Refused  # noqa: E402
-from .network import MLP  # noqa: E402
+from .mlp.network import MLP  # noqa: E402
 from .report import BoundResult, Report  # noqa: E402
 from .variants import DEFAULT_VARIANTS, LOWER, UPPER, VARIANTS  # noqa: E402
+from .version import ENGINE_VERSION  # noqa: E402
 
 __all__ = [
     "ENGINE_VERSION", "MLP", "Activation", "BoundResult", "BudgetExceeded", "CertificationError",

@@ -13,11 +13,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import ENGINE_VERSION
 from .errors import BudgetExceeded, CertificationError, InputError, Refused
-from .network import MLP
+from .mlp.network import MLP
 from .report import BoundResult, Report
 from .variants import DEFAULT_VARIANTS, VARIANTS, Context
+from .version import ENGINE_VERSION
 
 log = logging.getLogger("lipcore")
 
@@ -47,7 +47,7 @@ def _validate_variants(variants: Iterable[str] | None) -> list[str]:
 def load_target(source: Any, *, activation: str | None = None, slope: Sequence[float] | None = None,
                 input_shape: Sequence[int] | None = None, name: str | None = None) -> Any:
     """Turn a module, a weight file or a list of matrices into what the variants bound (an MLP or a graph)."""
-    from . import loaders
+    from .mlp import loaders
 
     if isinstance(source, MLP):
         return source

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from lipcore.benchnets import ALL, DEEP, STANDARD, WIDE, eclipse_net, eclipse_weights, eclipse_weights_and_biases
+from lipcore.mlp.benchnets import ALL, DEEP, STANDARD, WIDE, eclipse_net, eclipse_weights, eclipse_weights_and_biases
 
 
 def _naive(ws):

@@ -61,7 +61,7 @@ def test_json_slope_scales_naive(capsys, net_file) -> None:
 
 
 def test_json_several_variants_real_values(capsys, net_file) -> None:
-    pytest.importorskip("lipcore.closed_form")
+    pytest.importorskip("lipcore.mlp.closed_form")
     pytest.importorskip("lipcore.lower")
     from eclipse_nn.eclipsE_fast import ECLipsE_Fast
 
@@ -80,7 +80,7 @@ def test_json_several_variants_real_values(capsys, net_file) -> None:
 
 
 def test_table_output(capsys, net_file) -> None:
-    pytest.importorskip("lipcore.closed_form")
+    pytest.importorskip("lipcore.mlp.closed_form")
     path, Ws = net_file
     rc, out, err = run_cli(capsys, "bound", path, "-v", "naive,eclipse-fast,lower-sampled", "-a", "relu")
     assert rc == 0 and err == ""
@@ -105,7 +105,7 @@ def test_refused_or_failed_variants_still_exit_zero(capsys, net_file) -> None:
 
 
 def test_options_reach_the_variants(capsys, net_file) -> None:
-    pytest.importorskip("lipcore.closed_form")
+    pytest.importorskip("lipcore.mlp.closed_form")
     rc, out, err = run_cli(capsys, "bound", net_file[0], "-v", "sh-spectral", "-a", "relu", "--json",
                            "--option", "sh-spectral.c_grid=[1.0]")
     assert rc == 0, err
@@ -305,11 +305,11 @@ def test_safetensors_with_a_broken_architecture_is_one_line(capsys, tmp_path: Pa
 
 def test_eclipse_benchmark_mat_file_matches_the_eclipse_package(capsys, tmp_path: Path) -> None:
     """lyr10n20.mat written exactly as ECLipsE's generate_random_weights.py does, bounded through the CLI."""
-    pytest.importorskip("lipcore.closed_form")
+    pytest.importorskip("lipcore.mlp.closed_form")
     from eclipse_nn.eclipsE_fast import ECLipsE_Fast
     from scipy.io import savemat
 
-    from lipcore.benchnets import eclipse_weights
+    from lipcore.mlp.benchnets import eclipse_weights
 
     Ws = eclipse_weights(10, 20)
     cells = np.empty((1, len(Ws)), dtype=object)

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from lipcore import MLP, analyze, get_activation
-from lipcore.benchnets import DEEP, STANDARD, eclipse_net, eclipse_weights
-from lipcore.closed_form import eclipse_fast, naive, sh_combined, sh_gershgorin, sh_shift, sh_spectral
+from lipcore.mlp.benchnets import DEEP, STANDARD, eclipse_net, eclipse_weights
+from lipcore.mlp.closed_form import eclipse_fast, naive, sh_combined, sh_gershgorin, sh_shift, sh_spectral
 from lipcore.variants import Context
 
 CF = ["naive", "eclipse-fast", "sh-spectral", "sh-gershgorin", "sh-shift", "sh-combined"]

@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import lipcore
-from lipcore import graph_bounds as gb
 from lipcore.errors import InputError, Refused
-from lipcore.fourier import maxpool_lipschitz
+from lipcore.graph import bounds as gb
 from lipcore.graph import build_graph
+from lipcore.graph.engine import maxpool_lipschitz
 from lipcore.variants import Context
 
 

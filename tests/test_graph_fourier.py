@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lipcore import convnorm as cn
-from lipcore import fourier
-from lipcore import graph_bounds as gb
 from lipcore.graph import GraphModel, build_graph
+from lipcore.graph import bounds as gb
+from lipcore.graph import engine as fourier
+from lipcore.graph import norms as cn
 from lipcore.variants import Context
 
 torch.set_default_dtype(torch.float32)

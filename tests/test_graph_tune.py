@@ -1,4 +1,4 @@
-"""The graph `optimized` variant: multipliers tuned on a proxy, certified at full size (lipcore.graph_tune)."""
+"""The graph `optimized` variant: multipliers tuned on a proxy, certified at full size (lipcore.graph.tune)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import torch.nn.functional as F
 from test_graph_fourier import _lower, _nets
 from torch import nn
 
-from lipcore import fourier
-from lipcore import graph_bounds as gb
-from lipcore import graph_tune as gt
+from lipcore.graph import bounds as gb
 from lipcore.graph import build_graph
+from lipcore.graph import engine as fourier
+from lipcore.graph import tune as gt
 from lipcore.variants import Context
 
 CPU = torch.device("cpu")

@@ -194,7 +194,7 @@ def test_demo_files_are_small_and_load():
 
 # -- bench and timm ---------------------------------------------------------------------------------------
 def test_bench_digest_is_stable_under_threads():
-    from lipcore.benchnets import eclipse_weights
+    from lipcore.mlp.benchnets import eclipse_weights
 
     (ref,) = bench.discover(entry("bench", nets=["lyr5n20"]))
     assert ref.model_id == "bench:eclipse/lyr5n20"

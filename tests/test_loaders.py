@@ -14,7 +14,7 @@ from scipy.io import savemat
 from torch import nn
 
 from lipcore import MLP, InputError, get_activation
-from lipcore.loaders import NotAnMLP, load, mlp_from_module
+from lipcore.mlp.loaders import NotAnMLP, load, mlp_from_module
 
 WIDTHS = [4, 6, 5, 3]
 
@@ -369,7 +369,7 @@ def test_activation_after_last_linear_and_before_first_is_exact_and_sound() -> N
     naive = np.prod([np.linalg.norm(W, 2) for W in mlp.weights]) * 1 * 1 * 0.25
     lower = _max_jacobian_norm(net, 4)
     assert 0 < lower <= naive
-    closed_form = pytest.importorskip("lipcore.closed_form")
+    closed_form = pytest.importorskip("lipcore.mlp.closed_form")
     from lipcore.variants import Context
 
     for fn in (closed_form.naive, closed_form.eclipse_fast, closed_form.sh_combined):
@@ -379,7 +379,7 @@ def test_activation_after_last_linear_and_before_first_is_exact_and_sound() -> N
 
 
 def test_analyze_accepts_a_module() -> None:
-    pytest.importorskip("lipcore.closed_form")
+    pytest.importorskip("lipcore.mlp.closed_form")
     import lipcore
 
     net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).double()

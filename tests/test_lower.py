@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from lipcore import MLP, get_activation
-from lipcore.benchnets import eclipse_net, eclipse_weights_and_biases
 from lipcore.errors import BudgetExceeded
 from lipcore.lower import lower_ascent, lower_sampled
+from lipcore.mlp.benchnets import eclipse_net, eclipse_weights_and_biases
 from lipcore.variants import Context
 
 RELU = get_activation("relu")

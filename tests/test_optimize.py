@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from lipcore import MLP, analyze, get_activation
-from lipcore.benchnets import eclipse_net, eclipse_weights
-from lipcore.closed_form import sh_combined
-from lipcore.optimize import _Forward, optimized, true_log_lambdas
-from lipcore.recursion import certify_log
+from lipcore.mlp.benchnets import eclipse_net, eclipse_weights
+from lipcore.mlp.closed_form import sh_combined
+from lipcore.mlp.optimize import _Forward, optimized, true_log_lambdas
+from lipcore.mlp.recursion import certify_log
 from lipcore.variants import Context
 
 

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from lipcore import MLP, CertificationError
 from lipcore.activations import from_slope, get_activation
-from lipcore.benchnets import eclipse_net
-from lipcore.recursion import (
+from lipcore.mlp.benchnets import eclipse_net
+from lipcore.mlp.recursion import (
     SN1,
     Rule,
     certify,

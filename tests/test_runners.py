@@ -146,7 +146,7 @@ def _bounds_flow():
     import cloudpickle
     from prefect import flow, task
 
-    from lipcore.benchnets import eclipse_weights
+    from lipcore.mlp.benchnets import eclipse_weights
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # dask workers cannot import this test module
     bound = task(_bound_net, name="bound-net")

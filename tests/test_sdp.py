@@ -1,4 +1,4 @@
-"""SDP baselines (lipcore.sdp): MATH §9 reference values, orderings, certification and the size guard."""
+"""SDP baselines (lipcore.mlp.sdp): MATH §9 reference values, orderings, certification and the size guard."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ pytest.importorskip("cvxpy")
 pytest.importorskip("clarabel")
 
 from lipcore import MLP, analyze, get_activation  # noqa: E402
-from lipcore.benchnets import eclipse_net, eclipse_weights, eclipse_weights_and_biases  # noqa: E402
 from lipcore.errors import CertificationError, Refused  # noqa: E402
-from lipcore.sdp import _certify_backoff, balance, eclipse, lipsdp_layer, lipsdp_neuron, size_check  # noqa: E402
+from lipcore.mlp.benchnets import eclipse_net, eclipse_weights, eclipse_weights_and_biases  # noqa: E402
+from lipcore.mlp.sdp import _certify_backoff, balance, eclipse, lipsdp_layer, lipsdp_neuron, size_check  # noqa: E402
 from lipcore.variants import Context  # noqa: E402
 
 pytestmark = pytest.mark.sdp
@@ -61,7 +61,7 @@ def test_lipsdp_layer_and_eclipse_match_reference(small: dict) -> None:
 
 def test_orderings(small: dict) -> None:
     """LipSDP-Neuron ≤ ECLipsE (greedy), LipSDP-Neuron ≤ LipSDP-Layer ≤ ECLipsE-Fast, all ≥ ‖W_L⋯W_1‖."""
-    from lipcore.recursion import SN1, run_rule
+    from lipcore.mlp.recursion import SN1, run_rule
 
     for layers, res in small.items():
         net = eclipse_net(layers, 20)
@@ -122,7 +122,7 @@ def test_balance_is_exact_by_homogeneity() -> None:
     for w, b, la in zip(net.weights, wb, log_a, strict=True):
         np.testing.assert_allclose(b * math.exp(la), w, rtol=1e-13)
     # the balanced ECLipsE-Fast recursion sees λ_max(Γ̂) = 1 at every stage: its bound is exactly 1
-    from lipcore.recursion import SN1, run_rule
+    from lipcore.mlp.recursion import SN1, run_rule
 
     bal = MLP.from_arrays(wb, get_activation("relu"))
     assert run_rule(bal, SN1, keep_p=False).value == pytest.approx(1.0, rel=1e-9)

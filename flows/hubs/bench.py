@@ -1,6 +1,6 @@
 """The ECLipsE benchmark MLPs (DESIGN §5) as a hub: generated on the fly, revision = weight digest.
 
-Why generated and not committed: the nets are defined by their generator (lipcore.benchnets) in float64;
+Why generated and not committed: the nets are defined by their generator (lipcore.mlp.benchnets) in float64;
 generating them is exact and takes milliseconds, and the digest still changes if the generator ever does.
 """
 
@@ -19,7 +19,7 @@ _LOCK = threading.Lock()  # the upstream generator seeds numpy's *global* RNG: o
 
 
 def _weights(layers: int, width: int, legacy: bool) -> tuple[list[Any], str]:
-    from lipcore.benchnets import eclipse_weights
+    from lipcore.mlp.benchnets import eclipse_weights
 
     with _LOCK:
         ws = eclipse_weights(layers, width, legacy=legacy)

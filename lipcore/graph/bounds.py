@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import convnorm as cn
-from . import fourier
-from .errors import Refused
-from .graph import GraphModel, Node
-from .variants import Context
+from ..errors import Refused
+from ..variants import Context
+from . import engine
+from . import norms as cn
+from .trace import GraphModel, Node
 
 # flops per second of the batched per-frequency linear algebra, for the cost guard (measured on resnet18 at 224:
 # 0.32 TFLOP in ~200 s on one loaded CPU thread, ~100 s on two); the CPU rate scales with torch's thread count
@@ -90,9 +90,9 @@ def _node_lip(node: Node, memo: dict[str, float], dev: torch.device) -> float:
     if op == "act":
         return a["act"].gain
     if op == "maxpool":
-        return fourier.maxpool_lipschitz(node)
+        return engine.maxpool_lipschitz(node)
     if op == "avgpool":
-        return fourier.avgpool_norm_bound(node)
+        return engine.avgpool_norm_bound(node)
     if op == "gap":
         if a.get("dims") == "channels":
             return 1.0 / math.sqrt(node.in_shape[-1])
@@ -140,7 +140,7 @@ def naive(g: GraphModel, ctx: Context) -> tuple[float, dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------------------
 # multiplier rules (on Gamma blocks (F|1, c, c) over a grid)
 # ---------------------------------------------------------------------------------------------------------
-def rule_spectral(c: float, certified_lmax: bool = False) -> fourier.Rule:
+def rule_spectral(c: float, certified_lmax: bool = False) -> engine.Rule:
     """Lambda = c / lambda_max(Gamma). lambda_max only *chooses* Lambda (a power-iteration estimate, inflated by
     1e-6): admissibility is certified afterwards by the Cholesky factorisation of every M block."""
     def rule(gamma: torch.Tensor, grid: cn.Grid) -> float:
@@ -159,7 +159,7 @@ def _spatial_kernel(gamma: torch.Tensor, grid: cn.Grid) -> torch.Tensor:
     return torch.fft.irfftn(x, s=grid.dims, dim=tuple(range(-len(grid.dims), 0)), norm="backward").reshape(c, c, -1)
 
 
-def rule_gershgorin(c: float) -> fourier.Rule:
+def rule_gershgorin(c: float) -> engine.Rule:
     def rule(gamma: torch.Tensor, grid: cn.Grid) -> torch.Tensor:
         k = _spatial_kernel(gamma, grid)
         r = k.abs().sum(dim=(1, 2))
@@ -168,7 +168,7 @@ def rule_gershgorin(c: float) -> fourier.Rule:
     return rule
 
 
-def rule_shift(c: float) -> fourier.Rule:
+def rule_shift(c: float) -> engine.Rule:
     def rule(gamma: torch.Tensor, grid: cn.Grid) -> torch.Tensor:
         dg = gamma.diagonal(dim1=-2, dim2=-1).real  # (F, c)
         if gamma.shape[0] == 1 or not grid.dims:
@@ -189,7 +189,7 @@ def rule_shift(c: float) -> fourier.Rule:
 def _guard_cost(g: GraphModel, ctx: Context, variant: str, runs: int = 1) -> None:
     key = ("graph-plan", id(g))
     if key not in ctx.memo:
-        ctx.memo[key] = fourier.plan(g, ctx.device, int(ctx.opt(variant, "grid_extra", 0)))
+        ctx.memo[key] = engine.plan(g, ctx.device, int(ctx.opt(variant, "grid_extra", 0)))
     _, cost = ctx.memo[key]
     dev = ctx.device.type
     est = runs * cost * 8 / _rate(dev)
@@ -200,12 +200,12 @@ def _guard_cost(g: GraphModel, ctx: Context, variant: str, runs: int = 1) -> Non
                       f"{dev}, cap {cap:.0f} s); use naive here or run on a GPU (--device cuda)")
 
 
-def _run(g: GraphModel, ctx: Context, variant: str, name: str, rule: fourier.Rule) -> tuple[float, dict[str, Any]]:
+def _run(g: GraphModel, ctx: Context, variant: str, name: str, rule: engine.Rule) -> tuple[float, dict[str, Any]]:
     key = ("graph-run", id(g), name)
     if key in ctx.memo:
         return ctx.memo[key]
     t0 = time.perf_counter()
-    val, info = fourier.run_recursion(g, rule, ctx.device, check=ctx.check_deadline,
+    val, info = engine.run_recursion(g, rule, ctx.device, check=ctx.check_deadline,
                                       extra=int(ctx.opt(variant, "grid_extra", 0)),
                                       chunk=int(ctx.opt(variant, "chunk", 1 << 25)))
     info["seconds"] = time.perf_counter() - t0
@@ -251,7 +251,7 @@ def _member(g: GraphModel, ctx: Context, variant: str, tag: str, make: Any, grid
         if v < best:
             best, best_c, best_info = v, c, info
     if best_c is None:
-        raise fourier.CertificationError(f"{variant}: no c in {cs} certified ({per_c})")
+        raise engine.CertificationError(f"{variant}: no c in {cs} certified ({per_c})")
     params = {"c": best_c, "per_c": per_c, **_clean(best_info)}
     return _finish(g, ctx, best, params)
 
@@ -294,14 +294,14 @@ def sh_combined(g: GraphModel, ctx: Context) -> tuple[float, dict[str, Any]]:
 def optimized(g: GraphModel, ctx: Context) -> tuple[float, dict[str, Any]]:
     """Per-channel multipliers tuned by Adam on a small-input proxy of the model (lipcore.graph_tune), then the
     certified float64 run at full size; min with the closed-form runs of this analyze() call (all certified)."""
-    from . import graph_tune
+    from . import tune as graph_tune
 
     g.require_supported()
     v = "optimized"
     steps, lr = int(ctx.opt(v, "steps", 8)), float(ctx.opt(v, "lr", 0.05))
     _guard_cost(g, ctx, v)
     pg, what = graph_tune.proxy_graph(g, int(ctx.opt(v, "proxy", 64)))
-    grids, cost = fourier.plan(pg, ctx.device)
+    grids, cost = engine.plan(pg, ctx.device)
     est = 3 * (steps + 1) * cost * 8 / _rate(ctx.device.type) / 2  # forward + backward in complex64
     tune_s = ctx.opt(v, "tune_s", None)
     left = ctx.time_left()
@@ -316,7 +316,7 @@ def optimized(g: GraphModel, ctx: Context) -> tuple[float, dict[str, Any]]:
                                   power_iters=int(ctx.opt(v, "power_iters", 20)),
                                   c0=float(ctx.opt(v, "c0", graph_tune.DEFAULT_C)))
     t1 = time.perf_counter()
-    val, info = fourier.run_recursion(g, rule, ctx.device, check=ctx.check_deadline,
+    val, info = engine.run_recursion(g, rule, ctx.device, check=ctx.check_deadline,
                                       extra=int(ctx.opt(v, "grid_extra", 0)), chunk=int(ctx.opt(v, "chunk", 1 << 25)))
     params: dict[str, Any] = {"rule": "per-channel Lambda = c U / lambda_max(U^1/2 Gamma U^1/2), (c, U) tuned by "
                               "Adam on a proxy, certified at full size", "proxy": what, "steps": steps, "lr": lr,

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .activations import Activation
-from .errors import InputError
+from ..activations import Activation
+from ..errors import InputError
 
 
 @dataclass

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import activations as acts
-from .errors import InputError, Refused
+from .. import activations as acts
+from ..errors import InputError, Refused
 
 NOT_LIPSCHITZ = "not_lipschitz"
 UNKNOWN = "unknown"

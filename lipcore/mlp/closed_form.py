@@ -15,10 +15,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .errors import CertificationError
+from ..errors import CertificationError
+from ..variants import Context
 from .network import MLP
 from .recursion import SN1, Rule, Trajectory, naive_lower_log, naive_value, run_greedy, run_greedy_beside, run_rule
-from .variants import Context
 
 SN_GRID = (0.7, 1.0, 1.2, 1.35, 1.5, 1.65)
 GC_GRID = (0.8, 1.0, 1.3, 1.5, 1.7, 1.85, 1.95, 1.99)

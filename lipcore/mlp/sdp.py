@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CertificationError, Refused
+from ..errors import CertificationError, Refused
+from ..variants import Context
 from .network import MLP
-from .variants import Context
 
 SDP_EXTRA = "needs the sdp extra: pip install 'lipzoo[sdp]'"
 

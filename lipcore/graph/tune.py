@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
-from . import convnorm as cn
-from . import fourier
-from .errors import CertificationError
-from .graph import GraphModel, build_graph
+from ..errors import CertificationError
+from . import engine
+from . import norms as cn
+from .trace import GraphModel, build_graph
 
 DEFAULT_C = 1.35  # the start: sh-spectral's default member
 
@@ -90,7 +90,7 @@ def proxy_graph(g: GraphModel, size: int) -> tuple[GraphModel, str]:
 def tune(pg: GraphModel, grids: dict[str, tuple[int, ...]], device: torch.device, steps: int, lr: float,
          seconds: float | None, check: Callable[[], None], dtype: torch.dtype = torch.complex64,
          power_iters: int = 20, c0: float = DEFAULT_C) -> tuple[TunedRule, dict[str, Any]]:
-    """Adam on log(bound of the proxy), on the grids of `fourier.plan(pg)`. A step that makes the bound worse is
+    """Adam on log(bound of the proxy), on the grids of `engine.plan(pg)`. A step that makes the bound worse is
     taken back and retried at half the learning rate from the best point (its gradient and Adam state are kept,
     so a backtrack costs no extra run). Returns the rule at the best proxy value seen, and the trajectory."""
     rule = TunedRule(differentiable=True, power_iters=power_iters, c0=c0)
@@ -103,7 +103,7 @@ def tune(pg: GraphModel, grids: dict[str, tuple[int, ...]], device: torch.device
     backtracks = 0
     while len(history) < steps + 1:  # the last forward only evaluates the last step
         try:
-            eng = fourier.Engine(pg, rule, device, dry=False, grids=grids, check=check, dtype=dtype)
+            eng = engine.Engine(pg, rule, device, dry=False, grids=grids, check=check, dtype=dtype)
             val = eng.run(differentiable=True)
             v = float(val.detach())
             if not math.isfinite(v) or v <= 0:

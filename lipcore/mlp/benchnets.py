@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .activations import get_activation
+from ..activations import get_activation
 from .network import MLP
 
 INPUT_SIZE = 4

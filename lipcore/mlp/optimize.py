@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import CertificationError
+from ..errors import CertificationError
+from ..variants import Context
 from .network import MLP
 from .recursion import Trajectory, certify_log
-from .variants import Context
 
 
 class _Forward:

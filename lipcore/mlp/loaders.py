@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .activations import SUPPORTED, Activation, from_module, from_slope, get_activation
-from .errors import InputError
+from ..activations import SUPPORTED, Activation, from_module, from_slope, get_activation
+from ..errors import InputError
 from .network import MLP
 
 FORMATS = (".npz", ".mat", ".safetensors", ".pt", ".pth", ".bin", ".npy")

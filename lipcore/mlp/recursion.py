@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import CertificationError
+from ..errors import CertificationError
 from .network import MLP
 
 EPS = float(np.finfo(np.float64).eps)

@@ -58,9 +58,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import convnorm as cn
-from .errors import CertificationError, Refused
-from .graph import GraphModel, Node
+from ..errors import CertificationError, Refused
+from . import norms as cn
+from .trace import GraphModel, Node
 
 Rule = Callable[[torch.Tensor, cn.Grid], "float | torch.Tensor"]
 
@@ -766,7 +766,7 @@ def avgpool_norm_bound(node: Node) -> float:
 
 
 def _conv_norm_bound(node: Node, w: torch.Tensor) -> float:
-    from .graph_bounds import conv_norm
+    from .bounds import conv_norm
 
     return conv_norm(node, w)
 
