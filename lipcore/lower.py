@@ -12,7 +12,9 @@ mode), which lets one batched jvp/vjp give every sample's own Jacobian-vector pr
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +25,22 @@ from .errors import BudgetExceeded
 from .variants import Context
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
+
+# torch.func's forward-mode AD keeps its dual levels in one process-wide stack: two threads that enter and leave
+# levels interleaved release each other's level ("Trying to access a forward AD level with an invalid index") or
+# pair a tangent with the wrong level ("Mismatch in shape: grad_output"). Every measurement here therefore runs
+# under one process-wide lock; the bound variants (no forward AD) still run in parallel beside it.
+AD_LOCK = threading.RLock()
+
+
+def _serialized(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with AD_LOCK:
+            return fn(*args, **kwargs)
+
+    return wrapper
+
 
 BIG_INPUT = 10_000  # above this many input entries: float32 by default and a much smaller iteration budget
 FULL_JACOBIAN_MAX = 64  # full Jacobian (then SVD) when the input or output has at most this many entries
@@ -293,6 +311,7 @@ def _sampled_top(target: Any, s: _Setup, ctx: Context, variant: str,
 # variants
 
 
+@_serialized
 def lower_sampled(target: Any, ctx: Context) -> tuple[float, dict[str, Any]]:
     """max over random Gaussian inputs x of ‖J(x)‖₂ (full Jacobian SVD for small dims, else power iteration).
 
@@ -327,6 +346,7 @@ def lower_sampled(target: Any, ctx: Context) -> tuple[float, dict[str, Any]]:
     return best, params
 
 
+@_serialized
 def lower_ascent(target: Any, ctx: Context) -> tuple[float, dict[str, Any]]:
     """Gradient ascent on the pair ratio ‖f(x)−f(y)‖/‖x−y‖ and on ‖J(x)v‖ from several starts.
 
