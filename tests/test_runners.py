@@ -23,6 +23,19 @@ NETS = [(2, 20), (5, 20), (10, 40), (3, 60)]  # (layers, width) of the ECLipsE b
 VARIANTS = ["naive", "eclipse-fast"]
 
 
+def _has(mod: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(mod) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+_DASK_REASON = "needs prefect-dask and distributed (both in the dev extra: pip install -e '.[sdp,dev]')"
+needs_dask = pytest.mark.skipif(not (_has("prefect_dask") and _has("distributed")), reason=_DASK_REASON)
+
+
 # ----------------------------------------------------------------------------- spec parsing (fast, no cluster)
 
 @pytest.mark.parametrize(("spec", "kind"), [
@@ -43,7 +56,8 @@ def test_bad_spec_is_one_line_error(spec):
 
 def test_threads_runner_and_dask_address():
     from prefect.task_runners import ThreadPoolTaskRunner
-    from prefect_dask import DaskTaskRunner
+
+    DaskTaskRunner = pytest.importorskip("prefect_dask", reason=_DASK_REASON).DaskTaskRunner
 
     r = make_task_runner("threads:3")
     assert isinstance(r, ThreadPoolTaskRunner) and r._max_workers == 3
@@ -101,7 +115,8 @@ def dask_cluster(tmp_path_factory, prefect_harness):
 
     The workers get the test's Prefect API URL, as documented for real workers (without it each worker
     process would start a temporary Prefect server of its own)."""
-    pytest.importorskip("distributed")
+    pytest.importorskip("distributed", reason=_DASK_REASON)
+    pytest.importorskip("prefect_dask", reason=_DASK_REASON)
     from prefect.settings import PREFECT_API_URL
 
     port = _free_port()
@@ -189,6 +204,7 @@ def local_reference(prefect_harness):
     return local
 
 
+@needs_dask
 def test_local_dask_cluster_matches_threads_and_serialises_gpu_tasks(local_reference, tmp_path):
     """make_task_runner("dask") with an in-process LocalCluster: 1 worker, 2 threads, one GPU slot."""
     runner = make_task_runner("dask:1")
@@ -200,6 +216,7 @@ def test_local_dask_cluster_matches_threads_and_serialises_gpu_tasks(local_refer
     assert len(jobs) == 4 and _overlaps(jobs) == 0, f"GPU-annotated tasks overlapped: {jobs}"
 
 
+@needs_dask
 def test_tasks_tagged_for_the_gpu_get_a_slot_without_being_asked(prefect_harness, tmp_path):
     """flows.audit submits GPU bound tasks tagged `lipzoo-gpu` straight to the runner (no gpu_resources
     block): the runner annotates them itself, and leaves untagged tasks alone."""
@@ -247,6 +264,7 @@ def test_dask_worker_processes_run_real_bounds_and_gpu_tasks_never_overlap(dask_
     assert _overlaps(free_jobs) > 0, f"unannotated jobs never overlapped: {free_jobs}"
 
 
+@needs_dask
 def test_cuda_on_a_cluster_without_gpu_slots_is_a_clear_error(prefect_harness, tmp_path):
     """A local cluster with no GPU resource: device cuda must fail fast, not wait forever for a slot."""
     from prefect import flow, task
