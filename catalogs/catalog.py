@@ -390,3 +390,46 @@ class Catalog:
 
         with self.connect() as con:
             return export_parquet(con, Path(directory))
+
+    # -- certificates (issue 14; catalogs/certificates.py) ---------------------------------------------
+    def write_certificates(self, rows: Sequence[Any], run_id: str | None = None) -> int:
+        """The single writer for certificate rows: one transaction, upsert on the certificate key."""
+        from . import certificates
+
+        if not rows:
+            return 0
+        with self.connect(read_only=False) as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                n = certificates.write(con, list(rows), run_id)
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        return n
+
+    def certificate_inputs(self, model_id: str, revision: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """(usable upper bounds of the revision incl. 'best', its current certificates) in one connection."""
+        from . import certificates
+
+        with self.connect() as con:
+            return certificates.bounds_of(con, model_id, revision), certificates.existing(con, model_id, revision)
+
+    def certified_leaderboard(self, eps: float, hub: str | None = None, top: int | None = None) -> list[dict[str, Any]]:
+        """Latest revisions ranked by certified accuracy at `eps` (from the stored margins)."""
+        from . import certificates
+
+        with self.connect() as con:
+            return certificates.leaderboard(con, eps, hub, top)
+
+    def certificate_history(self, model: str) -> list[dict[str, Any]]:
+        from . import certificates
+
+        with self.connect() as con:
+            return certificates.history(con, queries.resolve_model(con, model))
+
+    def certificate_curves(self) -> list[dict[str, Any]]:
+        from . import certificates
+
+        with self.connect() as con:
+            return certificates.curves(con)

@@ -22,6 +22,7 @@ _PARTITIONED = {
     "models": "SELECT * FROM models",
     "revisions": "SELECT rv.*, m.hub FROM revisions rv JOIN models m USING (model_id)",
     "leaderboard": "SELECT * FROM leaderboard",
+    "certificates": "SELECT c.*, m.hub FROM certificates c JOIN models m USING (model_id)",
 }
 
 

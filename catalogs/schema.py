@@ -13,6 +13,8 @@ Views (plain SQL, so `duckdb lipzoo.duckdb "SELECT * FROM leaderboard"` works wi
   leaderboard_variants  every variant's result at each model's latest revision, ranked per variant
   history               every stored result with its revision's first-seen time
   stale(engine)         table macro: models whose newest revision has no ok/refused result of `engine`
+  current_certificates  newest certificate per (model, revision, scope)           (v3)
+  certified_leaderboard one row per (model, eps) at the latest revision, ranked by certified accuracy (v3)
 """
 
 from __future__ import annotations
@@ -222,9 +224,59 @@ _V2 = _V2_TEMPLATE.format(
     bounds_latest=latest_bounds_sql(),
 )
 
+# v3: certificates (issue 14): certified accuracy / radius of a classifier from a certified upper bound and an
+# evaluation set. `scope` is 'best' (the revision's best certified bound) or a variant id (per variant on
+# request); the signed true-label margins are stored so certified accuracy at any eps is one SQL expression.
+_V3 = """
+CREATE TABLE certificates (
+    model_id          VARCHAR NOT NULL,
+    revision          VARCHAR NOT NULL,
+    scope             VARCHAR NOT NULL,
+    variant           VARCHAR NOT NULL,
+    engine_version    VARCHAR NOT NULL,
+    dataset           VARCHAR NOT NULL,
+    dataset_digest    VARCHAR NOT NULL,
+    preprocess        VARCHAR NOT NULL,
+    eps_units         VARCHAR NOT NULL CHECK (eps_units IN ('raw', 'normalised')),
+    bound             DOUBLE NOT NULL,
+    n                 INTEGER NOT NULL,
+    clean_accuracy    DOUBLE NOT NULL,
+    median_radius     DOUBLE NOT NULL,
+    eps               DOUBLE[] NOT NULL,
+    certified_accuracy DOUBLE[] NOT NULL,
+    margins           DOUBLE[] NOT NULL,
+    seconds           DOUBLE,
+    lipzoo_version    VARCHAR,
+    run_id            VARCHAR,
+    computed_at       TIMESTAMPTZ NOT NULL,
+    written_at        TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (model_id, revision, scope, engine_version, dataset_digest, preprocess)
+);
+
+-- the newest certificate per (model, revision, scope)
+CREATE VIEW current_certificates AS
+SELECT c.* FROM certificates c
+QUALIFY row_number() OVER (PARTITION BY model_id, revision, scope ORDER BY computed_at DESC, engine_version DESC) = 1;
+
+-- one row per (model, eps) at each model's latest revision from its best bound, ranked per eps
+CREATE VIEW certified_leaderboard AS
+SELECT rank() OVER (PARTITION BY e.eps ORDER BY e.certified_accuracy DESC) AS rank, e.*
+FROM (
+    SELECT c.model_id, m.hub, m.repo_id, c.revision, c.variant, c.bound, c.dataset, c.dataset_digest, c.preprocess,
+        c.eps_units, c.n, c.clean_accuracy, c.median_radius, c.engine_version, c.computed_at,
+        unnest(c.eps) AS eps, unnest(c.certified_accuracy) AS certified_accuracy
+    FROM current_certificates c
+    SEMI JOIN latest_revisions lr ON lr.model_id = c.model_id AND lr.revision = c.revision
+    JOIN models m ON m.model_id = c.model_id
+    WHERE c.scope = 'best'
+) e;
+"""
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "base schema: models, revisions, runs, results", _V1),
     Migration(2, "runs host/pid/git_sha/engine_version, results.vacuous, views and the stale() macro", _V2),
+    Migration(3, "certificates table (certified accuracy / radius), current_certificates and certified_leaderboard",
+              _V3),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1].version

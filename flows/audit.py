@@ -275,6 +275,9 @@ def _run_audit(zoo: Zoo, catalog: Any, found: list[tuple[ModelRef, Entry]], bad:
             futures = {submit(j): j for j in jobs}
             collect()
         flush(force_write=True)
+        from .certify import certify_models  # issue 14: certificates from the bounds just written
+
+        summary.update(certify_models(found, catalog, run_id, Path(zoo.source).parent if zoo.source else None, force))
         status = "failed" if summary["failed"] or summary["variants_failed"] else "completed"
     finally:
         summary["seconds"] = round(time.perf_counter() - t0, 3)

@@ -59,6 +59,7 @@ class Settings:
     slope: tuple[float, float] | None = None
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     hub_options: dict[str, Any] = field(default_factory=dict)  # hub-specific (pretrained, seed, endpoint, ...)
+    certify: dict[str, Any] = field(default_factory=dict)  # eval / preprocess / eps / certify_variants (issue 14)
 
 
 @dataclass

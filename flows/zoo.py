@@ -54,8 +54,11 @@ HUB_KEYS = {
     "local": {"path", "pattern", "recursive"},
     "bench": {"nets", "legacy"},
 }
-SETTING_KEYS = {"variants", "device", "budget_s", "input_shape", "activation", "slope", "options"}
-TOP_KEYS = {"name", "description", "device", "budget_s", "variants", "options", "models"}
+# certificate keys (issue 14, flows/certify.py): eval = "builtin:digits" | "x.npz" | "folder/" (labels.csv),
+# preprocess = {mean, std} applied before the model, eps = [...], certify_variants = [...] (per-variant certificates)
+CERTIFY_KEYS = {"eval", "preprocess", "eps", "certify_variants"}
+SETTING_KEYS = {"variants", "device", "budget_s", "input_shape", "activation", "slope", "options"} | CERTIFY_KEYS
+TOP_KEYS = {"name", "description", "device", "budget_s", "variants", "options", "models"} | CERTIFY_KEYS
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -128,11 +131,33 @@ def _settings(raw: dict[str, Any], base: Settings, where: str) -> Settings:
         if not isinstance(sl, list | tuple) or len(sl) != 2:
             raise ZooError(f"{where}: slope must be [alpha, beta]")
         s.slope = (float(sl[0]), float(sl[1]))
+    if CERTIFY_KEYS & set(raw):
+        s.certify = {**base.certify, **_certify_settings(raw, where)}
     if "options" in raw:
         if not isinstance(raw["options"], dict):
             raise ZooError(f"{where}: options must be a table of per-variant tables")
         s.options.update({k: dict(v) for k, v in raw["options"].items()})
     return s
+
+
+def _certify_settings(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    from .certify import EvalError, check_eps, preprocess_spec
+
+    out: dict[str, Any] = {}
+    try:
+        if "eval" in raw:
+            if not isinstance(raw["eval"], str) or not raw["eval"]:
+                raise EvalError('eval must be "builtin:NAME", a .npz path or a folder with labels.csv')
+            out["eval"] = raw["eval"]
+        if "preprocess" in raw:
+            out["preprocess"] = preprocess_spec(raw["preprocess"])
+        if "eps" in raw:
+            out["eps"] = check_eps(raw["eps"])
+        if "certify_variants" in raw:
+            out["certify_variants"] = _check_variants(raw["certify_variants"], where)
+    except EvalError as e:
+        raise ZooError(f"{where}: {e}") from None
+    return out
 
 
 def parse_zoo(data: dict[str, Any], source: str | None = None, base_dir: Path | None = None) -> Zoo:
