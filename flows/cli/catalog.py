@@ -16,6 +16,7 @@ from flows.cli import CliError
 
 _RAW = argparse.RawDescriptionHelpFormatter
 _TABLE_DEFAULT_TOP = 50
+DEFAULT_CERT_EPS = 0.1
 
 _CATALOG_HELP = "catalog file (default: $LIPZOO_CATALOG, else ./lipzoo.duckdb)"
 
@@ -32,6 +33,7 @@ examples:
   lipzoo leaderboard --variant eclipse-fast       rank by one variant's value
   lipzoo leaderboard --hub timm --format csv > timm.csv
   lipzoo leaderboard --wide                       one column per variant
+  lipzoo leaderboard --by certified-accuracy --eps 0.5   rank by certified accuracy at l2 radius 0.5
   duckdb lipzoo.duckdb "SELECT * FROM leaderboard ORDER BY rank LIMIT 5"   the same view in plain SQL
 """
 
@@ -102,6 +104,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help=f"show the N best (default: {_TABLE_DEFAULT_TOP} for table, all for other formats; 0 = all)")
     p.add_argument("--wide", action="store_true", help="table/markdown: add one column per variant "
                    "(csv/json always carry them)")
+    p.add_argument("--by", choices=("upper-bound", "certified-accuracy"), default="upper-bound",
+                   help="rank by best certified upper bound (default) or by certified accuracy at --eps "
+                        "(models with an evaluation set; docs/certificates.md)")
+    p.add_argument("--eps", metavar="EPS", type=float, default=None,
+                   help=f"with --by certified-accuracy: the l2 radius (default {DEFAULT_CERT_EPS}; any value works, "
+                        "computed from the stored margins)")
     p.set_defaults(func=cmd_leaderboard)
 
     p = subparsers.add_parser("history", parents=[common], formatter_class=_RAW, epilog=HISTORY_EPILOG,
@@ -110,6 +118,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("model", metavar="MODEL", help="model id, repo id or a unique fragment")
     p.add_argument("--long", action="store_true", help="every stored result instead of one line per revision")
     p.add_argument("--variant", metavar="ID", help="with --long: only this variant")
+    p.add_argument("--certificates", action="store_true", help="only the certificates (certified accuracy per "
+                   "revision); tables show them after the bounds anyway")
     p.set_defaults(func=cmd_history)
 
     p = subparsers.add_parser("diff", parents=[common], formatter_class=_RAW, epilog=DIFF_EPILOG,
@@ -202,6 +212,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         top = _TABLE_DEFAULT_TOP
     if top is not None and top < 0:
         raise CliError(f"--top must be >= 0 (got {top})")
+    if getattr(args, "by", "upper-bound") == "certified-accuracy":
+        return _certified_leaderboard(cat, args, top or None)
     rows = _run(cat.leaderboard, variant=args.variant, hub=args.hub, top=top or None,
                 variant_columns=args.format in ("csv", "json") or args.wide)
     if not rows and args.hub:
@@ -280,8 +292,23 @@ def cmd_history(args: argparse.Namespace) -> int:
                 Col("best_upper", "best upper", "num"), Col("upper_by", "by"), Col("best_lower", "best lower", "num"),
                 Col("best_lower_variant", "by"), Col("tightness", "upper/lower", "ratio"), Col("state", "results"),
                 Col("engine_version", "engine")]
+    certs = _run(cat.certificate_history, model_id)
+    if getattr(args, "certificates", False):
+        rows = certs
+        for r in rows:
+            r["cert_acc"] = ", ".join(f"{e:g}: {a:.3f}" for e, a in zip(r["eps"], r["certified_accuracy"], strict=True))
+        cols = [Col("revision", "revision", "rev"), Col("revision_seen", "first seen", "time"), Col("scope", "scope"),
+                Col("variant", "bound by"), Col("bound", "L", "num"), Col("clean_accuracy", "clean acc", "num"),
+                Col("median_radius", "median radius", "num"), Col("cert_acc", "certified accuracy (eps: acc)"),
+                Col("eps_units", "eps units"), Col("dataset", "dataset"), Col("engine_version", "engine")]
+        emit(rows, cols, args.format, title=f"certificates of {model_id}",
+             caption=f"{len(rows)} certificates, oldest revision first · {cat.path}")
+        return 0
     emit(rows, cols, args.format, title=f"history of {model_id}",
          caption=f"{len(rows)} {'results' if args.long else 'revisions'}, oldest first · {cat.path}")
+    if certs and args.format in ("table", "markdown"):
+        args.certificates = True
+        return cmd_history(args)
     return 0
 
 
@@ -355,9 +382,43 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _certified_leaderboard(cat: Any, args: argparse.Namespace, top: int | None, quiet_empty: bool = False) -> int:
+    """`leaderboard --by certified-accuracy`: rank by certified accuracy at eps; models without an evaluation set
+    follow unranked with their bound only."""
+    from catalogs.render import Col, emit
+
+    eps = DEFAULT_CERT_EPS if getattr(args, "eps", None) is None else float(args.eps)
+    if eps < 0:
+        raise CliError(f"--eps must be >= 0 (got {eps})")
+    rows = _run(cat.certified_leaderboard, eps, hub=args.hub)
+    if quiet_empty and not rows:
+        return 0
+    have = {r["model_id"] for r in rows}
+    for r in rows:
+        r["units"] = r.get("eps_units")
+    for b in _run(cat.leaderboard, hub=args.hub, variant_columns=False):
+        if b["model_id"] not in have:
+            rows.append({"rank": None, "model_id": b["model_id"], "revision": b["revision"], "eps": eps,
+                         "bound": b.get("best_upper"), "variant": b.get("best_upper_variant"), "units": "no eval data"})
+    rows = rows[:top] if top else rows
+    cols = [Col("rank", "#", "int"), Col("model_id", "model"), Col("revision", "revision", "rev"),
+            Col("certified_accuracy", f"cert. acc @ eps={eps:g}", "num"), Col("clean_accuracy", "clean acc", "num"),
+            Col("median_radius", "median radius", "num"), Col("bound", "L (best upper)", "num"),
+            Col("variant", "by"), Col("units", "eps units"), Col("n", "samples", "int")]
+    caption = (f"{len(have)} models with certificates · ranked by certified accuracy at l2 eps = {eps:g} "
+               f"(radius m/(sqrt(2) L); ties share a rank) · {cat.path}")
+    emit(rows, cols, args.format, title="lipzoo certified leaderboard", caption=caption,
+         empty_keys=["rank", "model_id", "revision", "eps", "certified_accuracy", "clean_accuracy", "median_radius"])
+    return 0
+
+
 def show_leaderboard(catalog: str | Path | None = None, top: int | None = 20, fmt: str = "table",
                      hub: str | None = None, variant: str | None = None, wide: bool = False) -> int:
     """Print the leaderboard exactly as `lipzoo leaderboard` does (for `lipzoo audit` to call at its end)."""
     args = argparse.Namespace(catalog=str(catalog) if catalog else None, top=top, format=fmt, hub=hub,
                               variant=variant, wide=wide)
-    return cmd_leaderboard(args)
+    rc = cmd_leaderboard(args)
+    if fmt == "table" and variant is None:  # certificates, when any model has an evaluation set
+        args.eps = None
+        _certified_leaderboard(_open(args), args, top, quiet_empty=True)
+    return rc
