@@ -155,8 +155,10 @@ def _discover(zoo: Zoo) -> tuple[list[tuple[ModelRef, Entry]], list[tuple[Unreso
         state = fut.state
         if not state.is_completed():
             exc = state.result(raise_on_failure=False)
-            what = entry.params.get("author") or entry.params.get("path") or entry.label
-            bad.append((Unresolved(entry.hub, str(what), f"discovery failed: {one_line(exc)}"), entry))
+            for what in _entry_ids(entry):  # the real model ids (hf:ORG/REPO), never the entry's label
+                if f"{entry.hub}:{what}" not in seen:
+                    seen.add(f"{entry.hub}:{what}")
+                    bad.append((Unresolved(entry.hub, what, f"discovery failed: {one_line(exc)}"), entry))
             continue
         for item in fut.result():
             if item.model_id in seen:
@@ -167,6 +169,20 @@ def _discover(zoo: Zoo) -> tuple[list[tuple[ModelRef, Entry]], list[tuple[Unreso
             else:
                 found.append((item, entry))
     return found, bad
+
+
+def _entry_ids(entry: Entry) -> list[str]:
+    """The repo ids a zoo entry names, for failure rows when its discovery failed as a whole: explicit repos /
+    models / nets, else the author, folder or label."""
+    p = entry.params
+    named = {"hf": "repos", "timm": "models", "bench": "nets"}.get(entry.hub)
+    vals = p.get(named) if named else None
+    ids = [vals] if isinstance(vals, str) else [str(v) for v in vals or []]
+    if entry.hub == "hf" and p.get("author"):
+        ids.insert(0, str(p["author"]))
+    if entry.hub == "local" and p.get("path"):
+        ids = [Path(str(p["path"])).name]
+    return ids or [entry.label]
 
 
 def _plan(found: Iterable[tuple[ModelRef, Entry]], computed: set[tuple[str, str, str]],

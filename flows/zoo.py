@@ -66,6 +66,122 @@ class ZooError(ValueError):
     """A manifest that cannot be used; the message is one line and names the entry."""
 
 
+# the type every key must have (checked before any work): a name -> (predicate, what it must be)
+def _is_str_list(v: Any) -> bool:
+    return isinstance(v, str) or (isinstance(v, list | tuple) and all(isinstance(x, str) for x in v))
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+KEY_TYPES: dict[str, tuple[Any, str]] = {
+    "name": (lambda v: isinstance(v, str), "a string"),
+    "description": (lambda v: isinstance(v, str), "a string"),
+    "label": (lambda v: isinstance(v, str), "a string"),
+    "hub": (lambda v: isinstance(v, str), "a string"),
+    "models": (lambda v: isinstance(v, list), "a list"),
+    "author": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "repos": (_is_str_list, "a list of \"org/name\" strings"),
+    "revision": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "endpoint": (lambda v: isinstance(v, str), "a URL string"),
+    "search": (lambda v: isinstance(v, str), "a string"),
+    "limit": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive integer"),
+    "exclude": (_is_str_list, "a string or a list of strings"),
+    "pretrained": (lambda v: isinstance(v, bool) or v == "auto", "true, false or \"auto\""),
+    "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "model_args": (lambda v: isinstance(v, dict), "a table"),
+    "path": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "pattern": (_is_str_list, "a string or a list of strings"),
+    "recursive": (lambda v: isinstance(v, bool), "true or false"),
+    "nets": (_is_str_list, "a string or a list of strings"),
+    "legacy": (lambda v: isinstance(v, bool), "true or false"),
+    "activation": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "slope": (lambda v: isinstance(v, list | tuple) and len(v) == 2 and all(_is_num(x) for x in v),
+              "[alpha, beta] (two numbers)"),
+    "budget_s": (lambda v: _is_num(v) and v > 0, "a positive number of seconds"),
+    "device": (lambda v: v in DEVICES, "one of " + ", ".join(DEVICES)),
+    "options": (lambda v: isinstance(v, dict), "a table of per-variant tables"),
+}
+
+
+def _check_types(raw: dict[str, Any], where: str) -> None:
+    for k, v in raw.items():
+        rule = KEY_TYPES.get(k)
+        if rule is not None and not rule[0](v):
+            raise ZooError(f"{where}: {k} must be {rule[1]}, got {v!r}")
+    if "models" in raw and raw.get("hub") == "timm" and not _is_str_list(raw["models"]):
+        raise ZooError(f"{where}: models must be a list of timm names or wildcards, got {raw['models']!r}")
+
+
+def _close(word: str, known: Any) -> str:
+    from difflib import get_close_matches
+
+    m = get_close_matches(word, sorted(known), n=1, cutoff=0.6)
+    return f" (did you mean {m[0]!r}?)" if m else ""
+
+
+_OPT_RE = None
+
+
+def variant_option_keys(variant: str) -> frozenset[str]:
+    """The option keys a variant's code reads (`ctx.opt(<this variant or a variable>, "key", ...)` in the modules
+    that implement it, and `ctx.opt("<variant>", "key", ...)` anywhere in lipcore): what `options.<variant>` may
+    set. Read from lipcore's source, so a new option is declared by using it."""
+    return _option_table().get(variant, frozenset())
+
+
+def _option_table() -> dict[str, frozenset[str]]:
+    global _OPT_RE
+    cached = getattr(_option_table, "_cache", None)
+    if cached is not None:
+        return cached
+    import importlib.util
+    import re
+
+    import lipcore
+    from lipcore import VARIANTS
+
+    _OPT_RE = re.compile(r'opt\(\s*(?:"([a-z0-9-]+)"|[A-Za-z_][\w.]*)\s*,\s*"(\w+)"')
+    root = Path(lipcore.__file__).resolve().parent
+    every = [p.read_text(errors="replace") for p in root.rglob("*.py")]
+    table: dict[str, frozenset[str]] = {}
+    for vid, spec in VARIANTS.items():
+        keys: set[str] = set()
+        for path in (spec.mlp_fn, spec.graph_fn):
+            if not path:
+                continue
+            found = importlib.util.find_spec(path.partition(":")[0])
+            if found is None or not found.origin:
+                continue
+            src = Path(found.origin).read_text(errors="replace")
+            keys |= {k for lit, k in _OPT_RE.findall(src) if not lit or lit == vid}
+        for src in every:
+            keys |= {k for lit, k in _OPT_RE.findall(src) if lit == vid}
+        table[vid] = frozenset(keys)
+    _option_table._cache = table  # type: ignore[attr-defined]
+    return table
+
+
+def _check_options(opts: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
+    from lipcore import VARIANTS
+
+    out: dict[str, dict[str, Any]] = {}
+    for vid, table in opts.items():
+        if vid not in VARIANTS:
+            raise ZooError(f"{where}: options.{vid}: unknown variant{_close(vid, VARIANTS)}; "
+                           f"known: {', '.join(VARIANTS)}")
+        if not isinstance(table, dict):
+            raise ZooError(f"{where}: options.{vid} must be a table of option = value, got {table!r}")
+        declared = variant_option_keys(vid)
+        for k in table:
+            if k not in declared:
+                raise ZooError(f"{where}: options.{vid}.{k}: unknown option{_close(k, declared)}; "
+                               f"{vid} reads: {', '.join(sorted(declared)) or 'no options'}")
+        out[vid] = dict(table)
+    return out
+
+
 @dataclass
 class Entry:
     hub: str
@@ -136,7 +252,7 @@ def _settings(raw: dict[str, Any], base: Settings, where: str) -> Settings:
     if "options" in raw:
         if not isinstance(raw["options"], dict):
             raise ZooError(f"{where}: options must be a table of per-variant tables")
-        s.options.update({k: dict(v) for k, v in raw["options"].items()})
+        s.options.update(_check_options(raw["options"], where))
     return s
 
 
@@ -166,7 +282,9 @@ def parse_zoo(data: dict[str, Any], source: str | None = None, base_dir: Path | 
     where0 = f"zoo {name!r}"
     extra = set(data) - TOP_KEYS
     if extra:
-        raise ZooError(f"{where0}: unknown key(s) {', '.join(sorted(extra))}")
+        k = sorted(extra)[0]
+        raise ZooError(f"{where0}: unknown key(s) {', '.join(sorted(extra))}{_close(k, TOP_KEYS)}")
+    _check_types({k: v for k, v in data.items() if k != "models"}, where0)
     base = Settings(variants=DEFAULT_AUDIT_VARIANTS)
     base = _settings({k: data[k] for k in SETTING_KEYS & set(data)}, base, where0)
     models = data.get("models") or []
@@ -180,15 +298,19 @@ def parse_zoo(data: dict[str, Any], source: str | None = None, base_dir: Path | 
         where = f"{where0}, models entry {i} (hub {hub!r})"
         if hub not in HUB_KEYS:
             raise ZooError(f"{where}: hub must be one of {', '.join(HUB_KEYS)}")
-        unknown = set(raw) - HUB_KEYS[hub] - SETTING_KEYS - {"hub", "label"}
+        allowed = HUB_KEYS[hub] | SETTING_KEYS | {"hub", "label"}
+        unknown = set(raw) - allowed
         if unknown:
-            raise ZooError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+            k = sorted(unknown)[0]
+            raise ZooError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}{_close(k, allowed)}")
+        _check_types(raw, where)
         params = {k: raw[k] for k in HUB_KEYS[hub] if k in raw}
         if hub == "local":
             if "path" not in params:
                 raise ZooError(f"{where}: needs path = \"folder of checkpoints\"")
             p = Path(params["path"]).expanduser()
             params["path"] = str(p if p.is_absolute() or base_dir is None else (base_dir / p).resolve())
+            _check_local_patterns(params, where)
         elif hub == "hf" and not (params.get("author") or params.get("repos")):
             raise ZooError(f"{where}: needs author = \"org\" or repos = [\"org/name\", ...]")
         elif hub == "timm" and not params.get("models"):
@@ -198,6 +320,26 @@ def parse_zoo(data: dict[str, Any], source: str | None = None, base_dir: Path | 
         label = str(raw.get("label") or f"{hub}#{i}")
         entries.append(Entry(hub, params, _settings(raw, base, where), label))
     return Zoo(name=name, entries=entries, source=source, description=str(data.get("description", "")))
+
+
+def _check_local_patterns(params: dict[str, Any], where: str) -> None:
+    """Every pattern a local entry names must match at least one weight file (a typo would audit nothing and
+    exit 0). No pattern (= every weight file) may match none: a watched folder can start empty. A folder that does
+    not exist is left to discovery (a failed row naming it)."""
+    from fnmatch import fnmatchcase
+
+    from .hubs.local import WEIGHT_EXTS
+
+    root = Path(params["path"])
+    if not root.is_dir() or params.get("pattern") is None:
+        return
+    walk = root.rglob("*") if params.get("recursive", True) else root.glob("*")
+    rels = [(p.relative_to(root).as_posix(), p.name) for p in walk
+            if p.is_file() and p.suffix.lower() in WEIGHT_EXTS]
+    for pat in _as_list(params.get("pattern")):
+        if not any(fnmatchcase(rel, pat) or fnmatchcase(name, pat) for rel, name in rels):
+            raise ZooError(f"{where}: pattern {pat!r} matches no weight file under {root} "
+                           f"({len(rels)} weight file(s) there)")
 
 
 def load_zoo(zoo: str | Path | dict[str, Any] | Zoo | None = None) -> Zoo:

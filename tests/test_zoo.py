@@ -74,3 +74,53 @@ def test_adhoc_zoo_from_cli_flags(tmp_path):
     assert z.entries[0].params["author"] == "org" and z.entries[1].params["repos"] == ["org/one"]
     assert z.entries[3].params["path"] == str(Path(tmp_path).resolve())
     assert z.entries[0].settings.variants == DEFAULT_AUDIT_VARIANTS and z.entries[0].settings.activation == "relu"
+
+
+# ----------------------------------------------------------------- full validation before any work (issue 16)
+
+@pytest.mark.parametrize(("entry", "match"), [
+    ({"hub": "local", "path": 42}, r"path must be a non-empty string, got 42"),
+    ({"hub": "timm", "models": ["resnet18"], "pattern": 5}, r"unknown key\(s\) pattern"),
+    ({"hub": "timm", "models": ["resnet18"], "seed": "zero"}, r"seed must be an integer, got 'zero'"),
+    ({"hub": "timm", "models": 5}, r"models must be"),
+    ({"hub": "hf", "repos": "org/a", "limit": "3"}, r"limit must be a positive integer"),
+    ({"hub": "hf", "repos": ["org/a"], "revison": "main"}, r"did you mean 'revision'"),
+    ({"hub": "hf", "repos": ["org/a"], "options": {"lower-sampled": {"smaples": 8}}},
+     r"options\.lower-sampled\.smaples: unknown option \(did you mean 'samples'\?\)"),
+    ({"hub": "hf", "repos": ["org/a"], "options": {"eclipse-fats": {}}}, r"did you mean 'eclipse-fast'"),
+    ({"hub": "hf", "repos": ["org/a"], "slope": ["a", 1]}, r"slope must be \[alpha, beta\]"),
+])
+def test_every_key_is_type_checked_and_typos_name_the_close_match(entry, match):
+    with pytest.raises(ZooError, match=match) as e:
+        parse_zoo({"name": "t", "models": [entry]})
+    assert "\n" not in str(e.value)
+
+
+def test_declared_options_of_the_demo_and_docs_are_accepted():
+    from flows.zoo import variant_option_keys
+
+    assert {"samples", "power_iters", "batch"} <= variant_option_keys("lower-sampled")
+    assert {"starts", "steps", "jv_steps"} <= variant_option_keys("lower-ascent")
+    assert "steps" in variant_option_keys("optimized")
+    z = parse_zoo({"name": "t", "options": {"optimized": {"steps": 200}, "lower-sampled": {"samples": 64}},
+                   "models": [{"hub": "hf", "repos": ["org/a"]}]})
+    assert z.entries[0].settings.options["optimized"] == {"steps": 200}
+    load_zoo(None)  # the embedded demo manifest validates
+
+
+def test_a_local_pattern_that_matches_nothing_is_an_error(tmp_path):
+    (tmp_path / "a.npz").write_bytes(b"")
+    parse_zoo({"name": "t", "models": [{"hub": "local", "path": str(tmp_path), "pattern": "*.npz"}]})
+    with pytest.raises(ZooError, match=r"pattern '\*\.safetensor' matches no weight file"):
+        parse_zoo({"name": "t", "models": [{"hub": "local", "path": str(tmp_path),
+                                            "pattern": ["*.npz", "*.safetensor"]}]})
+
+
+def test_a_failed_discovery_records_the_real_model_ids():
+    from flows.audit import _entry_ids
+    from flows.refs import Settings
+    from flows.zoo import Entry
+
+    e = Entry("hf", {"repos": ["org/a", "org/b"]}, Settings(variants=("naive",)), "hf#1")
+    assert _entry_ids(e) == ["org/a", "org/b"]
+    assert _entry_ids(Entry("timm", {"models": "resnet1*"}, Settings(variants=("naive",)), "timm#1")) == ["resnet1*"]
