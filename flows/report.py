@@ -50,6 +50,7 @@ class ReportData:
     catalog: str = ""
     focus: str | None = None
     generated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    certificates: list[dict[str, Any]] = field(default_factory=list)  # issue 14: flows/report_certified.py
 
 
 def variant_sort_key(v: str) -> tuple[int, str]:
@@ -107,7 +108,8 @@ def load_report_data(catalog_path: str | Path, model: str | None = None, top: in
             if _usable(r):
                 hist.setdefault(rev, {})[var] = float(r["value"])
         details.append(ModelDetail(mid, latest_rev, latest, summary, hist))
-    return ReportData(board, details, catalog=str(catalog_path), focus=focus)
+    certs = [c for c in cat.certificate_curves() if focus is None or c["model_id"] == focus]
+    return ReportData(board, details, catalog=str(catalog_path), focus=focus, certificates=certs)
 
 
 # ---------------------------------------------------------------------------------------------- SVG helpers
@@ -467,6 +469,9 @@ def render_html(data: ReportData) -> str:
             parts.append(bounds_plot(d.model_id, d.latest))
             parts.append(history_plot(d.model_id, d.revisions, d.history))
             parts.append("</section>")
+    from .report_certified import section
+
+    parts.append(section(data.certificates))
     parts.append('<p class="meta">Made by <code>lipzoo report</code>; this file is self-contained and works '
                  "offline.</p></body></html>")
     return "\n".join(parts)

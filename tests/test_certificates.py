@@ -291,3 +291,64 @@ def test_audit_writes_certificates_and_recomputes_on_change(tmp_path):
     if new_best["best_upper"] < best * (1 - 1e-12):
         assert s4["certified"] == 1 and cat.certified_leaderboard(0.2)[0]["bound"] == new_best["best_upper"]
     assert math.isfinite(cat.certified_leaderboard(0.2)[0]["median_radius"])
+
+
+# -- the report -----------------------------------------------------------------------------------------
+def _report_catalog(tmp_path):
+    from catalogs import Catalog
+
+    cat = Catalog(tmp_path / "r.duckdb")
+    cat.write([_result("a", "r1", 1.0), _result("b", "r1", 2.0), _result("nodata", "r1", 3.0)])
+    rng = np.random.default_rng(0)
+    cat.write_certificates([_cert("a", "r1", rng.normal(1.0, 0.5, 300), 1.0),
+                            _cert("b", "r1", rng.normal(1.5, 0.5, 300), 2.0)])
+    return cat
+
+
+def test_report_has_certified_curves(tmp_path):
+    import re
+
+    from flows.report import write_report
+
+    cat = _report_catalog(tmp_path)
+    html = write_report(cat.path, tmp_path / "report.html").read_text()
+    assert html.count('class="certified-compare"') == 1 and 'data-series="2"' in html
+    for m in ("local:a", "local:b"):
+        assert re.search(rf'<svg[^>]*class="certified-model"[^>]*aria-label="[^"]*{m}"', html)
+        assert f'<polyline class="curve" data-model="{m}"' in html
+    assert "local:nodata" not in html.split("<h2>Certified accuracy</h2>")[1]
+    assert html.count('class="clean"') == 4  # clean accuracy marked on each curve (compare + per model)
+    assert "raw</b> input units" in html
+    # the curve starts at the clean accuracy and only goes down
+    pts = re.search(r'<polyline class="curve" data-model="local:a" points="([^"]+)"', html).group(1)
+    ys = [float(p.split(",")[1]) for p in pts.split()]
+    assert all(b >= a - 1e-9 for a, b in zip(ys, ys[1:], strict=False))  # SVG y grows downwards
+
+
+def test_report_certified_curves_in_headless_chromium(tmp_path):
+    import re
+
+    from test_report import _chromium, _run_chromium
+
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("chromium is not installed (apt-get install -y chromium; .ci/system-deps does it in CI)")
+    from PIL import Image, ImageStat
+
+    from flows.report import write_report
+
+    cat = _report_catalog(tmp_path)
+    out = write_report(cat.path, tmp_path / "report.html")
+    dom = _run_chromium(exe, tmp_path, "--dump-dom", out.resolve().as_uri())
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert re.search(r'<svg[^>]*class="certified-compare"', dom.stdout)
+    assert len(re.findall(r'<svg[^>]*class="certified-model"', dom.stdout)) == 2
+    png = tmp_path / "report.png"
+    shot = _run_chromium(exe, tmp_path, f"--screenshot={png}", "--window-size=1200,4000", out.resolve().as_uri())
+    assert shot.returncode == 0 and png.exists(), shot.stderr[-2000:]
+    img = Image.open(png).convert("RGB")
+    assert max(ImageStat.Stat(img).var) > 500
+    keep = Path(__file__).resolve().parents[1] / "out"
+    if keep.is_dir():
+        shutil_copy = __import__("shutil").copy
+        shutil_copy(png, keep / "report_certified.png")
