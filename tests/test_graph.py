@@ -14,7 +14,7 @@ import lipcore
 from lipcore.errors import InputError, Refused
 from lipcore.graph import bounds as gb
 from lipcore.graph import build_graph
-from lipcore.graph.engine import maxpool_lipschitz
+from lipcore.graph.norms import maxpool_lipschitz
 from lipcore.variants import Context
 
 

@@ -215,7 +215,7 @@ def dense_recursion(g: GraphModel, circular: bool, c: float = 1.0) -> float:
         elif n.op == "maxpool":
             (u,) = n.inputs
             assert live == [u]
-            s2 = float(torch.linalg.eigvalsh(get(u, u)).max()) * fourier.maxpool_lipschitz(n) ** 2
+            s2 = float(torch.linalg.eigvalsh(get(u, u)).max()) * cn.maxpool_lipschitz(n) ** 2
             P.clear()
             live.clear()
             live.append(n.name)
@@ -331,7 +331,7 @@ def test_linear_conv_net_exact_norm() -> None:
     d = _dense_conv(g.nodes[2], False) @ _dense_conv(g.nodes[1], False)
     true = float(torch.linalg.matrix_norm(d, 2))
     assert true <= val * (1 + 1e-12)
-    assert val <= gb.conv_norm(g.nodes[1]) * gb.conv_norm(g.nodes[2]) * (1 + 1e-9)
+    assert val <= cn.conv_norm(g.nodes[1]) * cn.conv_norm(g.nodes[2]) * (1 + 1e-9)
     valc, _ = fourier.run_recursion(g, gb.rule_spectral(1.0), torch.device("cpu"), circular=True)
     dc = _dense_conv(g.nodes[2], True) @ _dense_conv(g.nodes[1], True)
     assert valc == pytest.approx(float(torch.linalg.matrix_norm(dc, 2)), rel=1e-6)
@@ -349,7 +349,7 @@ def test_conv_norm_vs_dense(cfg: dict) -> None:
                      dilation=cfg.get("d", 1)).eval()
     g = build_graph(conv, (ci, 9, 9))
     node = g.nodes[1]
-    est = gb.conv_norm(node)
+    est = cn.conv_norm(node)
     true = float(torch.linalg.matrix_norm(_dense_conv(node, False), 2))
     assert true <= est * (1 + 1e-12)
     assert est <= true * 1.35

@@ -196,7 +196,7 @@ def test_slope_and_per_layer_activations(tmp_path: Path) -> None:
     assert [(a.alpha, a.beta) for a in mlp.activations] == [(-0.1, 1.1)] * 2
     assert load(p, slope="0,0.5").activations[0].beta == 0.5
     mlp = load(p, activation="tanh,elu")
-    assert [a.name for a in mlp.activations] == ["tanh", "elu(1)"]
+    assert [a.name for a in mlp.activations] == ["tanh", "elu"]
     single = load([Ws[0]])  # one layer: no hidden activation needed
     assert single.depth == 1 and single.activations == []
 
@@ -267,7 +267,7 @@ def test_fx_traced_module_with_functional_calls() -> None:
     # fc1+bn, act (leaky_relu), fc2, tanh>relu>gelu>silu composed into one activation, fc3
     assert mlp.widths == [6, 7, 7, 2]
     comp = mlp.activations[1]
-    assert comp.name == "tanh>relu>gelu_tanh>silu"
+    assert comp.name == "tanh>relu>gelu(tanh)>silu"
     silu, gelu = get_activation("silu"), get_activation("gelu_tanh")
     corners = [p * q for p in (gelu.alpha, gelu.beta) for q in (silu.alpha, silu.beta)]
     assert (comp.alpha, comp.beta) == (min(corners), max(corners))

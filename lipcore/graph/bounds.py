@@ -16,12 +16,11 @@ import math
 import time
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..errors import Refused
 from ..variants import Context
-from . import engine
+from . import engine, ops
 from . import norms as cn
 from .trace import GraphModel, Node
 
@@ -39,72 +38,11 @@ def _rate(dev: str) -> float:
 # ---------------------------------------------------------------------------------------------------------
 # naive
 # ---------------------------------------------------------------------------------------------------------
-def conv_norm(node: Node, w: torch.Tensor | None = None, device: torch.device | None = None) -> float:
-    """Certified spectral norm of the zero-padded conv (lifted circular symbol, aliasing sum for stride)."""
-    a = node.attrs
-    w = a["weight"] if w is None else w
-    dev = device or torch.device("cpu")
-    k, s, p, dl = tuple(w.shape[2:]), a["stride"], a["padding"], a["dilation"]
-    groups = a.get("groups", 1)
-    n_in = node.in_shape[1:]
-    n_out = node.shape[1:]
-    d = len(k)
-    if len(n_in) != d:  # a conv on a 1x1 "point": only the centre tap acts
-        return float("nan")
-    need = [max(n_in[i] + p[i], s[i] * (n_out[i] - 1) + (k[i] - 1) * dl[i] - p[i] + 1) for i in range(d)]
-    N = tuple(int(math.ceil(need[i] / s[i]) * s[i]) for i in range(d))
-    g = cn.Grid(N)
-    sym = cn.conv_symbol(w, g, s, p, dl, groups, dev)
-    point = all(x == 1 for x in n_out)
-    gy = cn.Grid(()) if point else cn.Grid(tuple(N[i] // s[i] for i in range(d)))
-    S = g.full / gy.full
-    if sym.diag:
-        x = (sym.arr.abs() ** 2)[..., None, :]  # (F, 1, c): diagonal blocks as a batch of 1x1 "matrices"
-        x = cn.down(x.transpose(1, 2), g, gy) / S  # (Fy, c, 1)
-        return math.sqrt(float(x.real.max()) * (1 + 1e-12))
-    B = cn.alias_stack(sym.arr, g, gy)  # (Fy, co, S*ci): ||C||^2 = max lambda_max(B B^*) / S
-    gram = B.mH @ B if B.shape[2] < B.shape[1] else B @ B.mH
-    gram = gram / S
-    return math.sqrt(cn.lmax_upper((gram + gram.mH) / 2))
-
-
 def _node_lip(node: Node, memo: dict[str, float], dev: torch.device) -> float:
-    op = node.op
-    a = node.attrs
-    if op == "conv":
-        key = "conv:" + node.name
-        if key not in memo:
-            v = conv_norm(node, device=dev)
-            if math.isnan(v):  # 1x1 spatial input: a dense matrix of the centre taps (upper-bounded by all taps)
-                w = a["weight"]
-                v = cn.spectral_norm_matrix(w.reshape(w.shape[0], -1)) * math.sqrt(a.get("groups", 1))
-            memo[key] = v
-        return memo[key]
-    if op == "linear":
-        key = "lin:" + node.name
-        if key not in memo:
-            memo[key] = cn.spectral_norm_matrix(a["weight"])
-        return memo[key]
-    if op == "scale":
-        return float(torch.as_tensor(a["scale"]).abs().max())
-    if op == "act":
-        return a["act"].gain
-    if op == "maxpool":
-        return engine.maxpool_lipschitz(node)
-    if op == "avgpool":
-        return engine.avgpool_norm_bound(node)
-    if op == "gap":
-        if a.get("dims") == "channels":
-            return 1.0 / math.sqrt(node.in_shape[-1])
-        n_in = node.in_shape
-        if a.get("dims") == "tokens":
-            return 1.0 / math.sqrt(n_in[0])
-        return 1.0 / math.sqrt(float(np.prod(n_in[1:])))
-    if op in ("reshape", "slice"):
-        return 1.0
-    if op == "norm":
-        return a["lip"]
-    raise Refused(f"no Lipschitz rule for {node.target} at node {node.name}")
+    kind = ops.KINDS.get(node.op)
+    if kind is None or kind.naive is None:
+        raise Refused(f"no Lipschitz rule for {node.target} at node {node.name}")
+    return kind.naive(node, memo, dev)
 
 
 def naive_value(g: GraphModel, ctx: Context) -> tuple[float, bool]:

@@ -60,6 +60,7 @@ import torch
 
 from ..errors import CertificationError, Refused
 from . import norms as cn
+from . import ops
 from .trace import GraphModel, Node
 
 Rule = Callable[[torch.Tensor, cn.Grid], "float | torch.Tensor"]
@@ -396,9 +397,9 @@ class Engine:
                 A = cn.Symbol(K.to(self.dev, self.dtype)[None], cn.Grid(()), False, (), co, ci)
                 self.push(y, [(u.name, A, 1.0)])
                 return
-            return self._restart_node(node, _conv_norm_bound(node, w), relayout=True)
+            return self._restart_node(node, cn.conv_norm(node, w), relayout=True)
         if u.chan != 0 or len(u.sdims) != d:
-            return self._restart_node(node, _conv_norm_bound(node, w), relayout=True)
+            return self._restart_node(node, cn.conv_norm(node, w), relayout=True)
         n_u, n_y = u.n, node.shape[1:]
         hi = [s[i] * (n_y[i] - 1) + (k[i] - 1) * dl[i] - p[i] for i in range(d)]
         reads_ext = any(p[i] > 0 or hi[i] >= n_u[i] for i in range(d))
@@ -433,7 +434,7 @@ class Engine:
         exact = (a["divisor"] is None and (a["count_include_pad"] or all(x == 0 for x in p))
                  and tuple(n_y) == floor_out and not u.point and u.chan == 0)
         if not exact:
-            return self._restart_node(node, avgpool_norm_bound(node))
+            return self._restart_node(node, cn.avgpool_norm_bound(node))
         c = node.shape[0]
         w = torch.ones((c, 1, *k), dtype=torch.float64) / float(np.prod(k))
         fake = Node(node.name, "conv", node.inputs, node.shape,
@@ -441,12 +442,15 @@ class Engine:
         self._op_conv(fake, w)
 
     def _op_gap(self, node: Node) -> None:
+        """mean (times `factor`) over `dims`: exact when they are the layout's spatial dims (or on a vector)."""
         u = self.live[node.inputs[0]]
-        if node.attrs.get("dims") == "channels":
-            return self._restart_node(node, 1.0 / math.sqrt(node.in_shape[-1 if u.chan else 0]), relayout=True)
+        dims, factor = list(node.attrs["dims"]), float(node.attrs["factor"])
         y = TS(node.name, node.shape, 0, u.root, (), True, point=True)
         if u.point or not u.sdims:
-            return self.push(y, [(u.name, None, 1.0)])
+            return self._push_dense(node, u, y)
+        if sorted(dims) != sorted(u.sdims):
+            n = math.prod(node.in_shape[d] for d in dims)
+            return self._restart_node(node, factor / math.sqrt(n), relayout=True)
         if self.dry:
             self.live[y.name] = y
             return
@@ -454,10 +458,49 @@ class Engine:
         mask = torch.zeros(gu.dims, dtype=torch.float64)
         mask[tuple(slice(0, x) for x in u.n)] = 1.0
         mh = torch.fft.rfftn(mask, norm="ortho").reshape(-1)
-        coef = math.sqrt(gu.full) / float(np.prod(u.n))
+        coef = factor * math.sqrt(gu.full) / float(np.prod(u.n))
         arr = (coef * mh.conj()).to(self.dev, self.dtype)[:, None].expand(gu.F, u.c).contiguous()
         A = cn.Symbol(arr, gu, True, gu.dims, u.c, u.c)
         self.push(y, [(u.name, A, 1.0)])
+
+    def _push_dense(self, node: Node, u: TS, y: TS) -> None:
+        """A one-input linear node on a vector (no spatial structure left): push its dense matrix exactly, or
+        restart with its exact norm when the matrix would be large."""
+        c_in, c_out = u.c, int(np.prod(node.shape))
+        if c_in * c_out > DENSE_LIMIT:
+            J = None
+        else:
+            from .ops import dense_jacobian
+
+            J = torch.as_tensor(dense_jacobian(node))
+        if J is None:
+            kind_norm = ops.KINDS[node.op].naive
+            return self._restart_node(node, kind_norm(node, {}, self.dev), relayout=True)
+        if self.dry:
+            self.live[y.name] = y
+            return
+        A = cn.Symbol(J.to(self.dev, self.dtype)[None], cn.Grid(()), False, (), c_out, c_in)
+        self.push(y, [(u.name, A, 1.0)])
+
+    def _op_gather(self, node: Node) -> None:
+        """A coordinate map: exact push for a channel selection (or on a vector), else a restart with its norm
+        sqrt(max multiplicity)."""
+        u = self.live[node.inputs[0]]
+        a = node.attrs
+        if u.point or not u.sdims:
+            y = TS(node.name, node.shape, 0, u.root, (), u.clean, point=True)
+            return self._push_dense(node, u, y)
+        sel = a.get("channel_select")
+        if sel is not None and u.chan == 0 and len(node.shape) == len(u.shape):
+            y = replace(u, name=node.name, shape=node.shape)
+            if self.dry:
+                self.live[y.name] = y
+                return
+            S = torch.zeros(len(sel), u.c, dtype=torch.float64)
+            S[torch.arange(len(sel)), sel] = 1.0
+            A = cn.Symbol(S.to(self.dev, self.dtype)[None], self.grid(u), False, (1,) * len(u.sdims), len(sel), u.c)
+            return self.push(y, [(u.name, A, 1.0)])
+        self._restart_node(node, math.sqrt(a["multiplicity"]), relayout=True)
 
     def _op_linear(self, node: Node) -> None:
         u = self.live[node.inputs[0]]
@@ -525,14 +568,11 @@ class Engine:
         self.setP(y.name, y.name, torch.cat([torch.cat([x.expand(F, -1, -1) for x in r], dim=2) for r in rows], 1))
 
     def _op_maxpool(self, node: Node) -> None:
-        self._restart_node(node, maxpool_lipschitz(node), relayout=False)
+        self._restart_node(node, cn.maxpool_lipschitz(node), relayout=False)
 
     def _op_norm(self, node: Node) -> None:
         self.stats.vacuous = True
         self._restart_node(node, node.attrs["lip"])
-
-    def _op_slice(self, node: Node) -> None:
-        self._restart_node(node, 1.0, relayout=True)
 
     def _op_reshape(self, node: Node) -> None:
         u = self.live[node.inputs[0]]
@@ -562,6 +602,8 @@ class Engine:
         v = self.live[node.inputs[0]]
         self.stats.activations += 1
         a, b = act.alpha, act.beta
+        if act.linear:  # phi(x) = a x + const (a constant activation when a = 0): a linear node, exactly
+            return self.push(replace(v, name=node.name, shape=node.shape), [(v.name, None, a)])
         if a >= 0:
             self._sector(node.name, node.shape, v, b)
             return
@@ -633,9 +675,11 @@ class Engine:
 
 
 # -------------------------------------------------------------------------------------------------------------
-HOISTABLE = frozenset({"conv", "avgpool"})  # single-input push-forwards
-CLEAN_SOURCES = frozenset({"act", "maxpool", "input"})  # their outputs are clean: a conv reading them never restarts
-WINDOW_OPS = frozenset({"conv", "avgpool", "act", "add", "scale", "linear"})  # never restart on clean inputs
+# scheduling traits, declared per kind in the op table
+HOISTABLE = frozenset(k for k, d in ops.KINDS.items() if d.hoistable)  # single-input push-forwards
+CLEAN_SOURCES = frozenset(k for k, d in ops.KINDS.items() if d.clean_source)  # a conv reading them never restarts
+WINDOW_OPS = frozenset(k for k, d in ops.KINDS.items() if d.window)  # never restart on clean inputs
+DENSE_LIMIT = 1 << 24  # entries of a dense vector map pushed exactly (above: a restart with its norm)
 
 
 def schedule(g: GraphModel) -> list[Node]:
@@ -737,40 +781,6 @@ def _guess_layout(node: Node, cons: dict[str, list[str]], g: GraphModel) -> TS:
 # -------------------------------------------------------------------------------------------------------------
 # norms used by restarts and by the naive bound
 # -------------------------------------------------------------------------------------------------------------
-def maxpool_lipschitz(node: Node) -> float:
-    """sqrt(max number of windows an input pixel belongs to) = sqrt(prod ceil(span/s)) (tight: spike input)."""
-    a = node.attrs
-    m = 1
-    for k, s, d in zip(a["kernel"], a["stride"], a["dilation"], strict=True):
-        m *= min(k, math.ceil(((k - 1) * d + 1) / s)) if d > 1 else math.ceil(k / s)
-    return math.sqrt(m)
-
-
-def avgpool_norm_bound(node: Node) -> float:
-    """Schur test: ||box sum|| <= sqrt(prod k * prod ceil(k/s)); divided by the smallest divisor used."""
-    a = node.attrs
-    k, s, p = a["kernel"], a["stride"], a["padding"]
-    n_in, n_out = node.in_shape[1:], node.shape[1:]
-    if a["divisor"]:
-        mind = float(a["divisor"])
-    elif a["count_include_pad"]:
-        mind = 1.0
-        for i in range(len(k)):  # windows may still be clipped at the far end (ceil_mode)
-            mind *= min(min(k[i], n_in[i] + 2 * p[i] - s[i] * o) for o in range(n_out[i]))
-    else:
-        mind = 1.0
-        for i in range(len(k)):
-            mind *= min(min(s[i] * o - p[i] + k[i], n_in[i]) - max(s[i] * o - p[i], 0) for o in range(n_out[i]))
-    box = math.sqrt(float(np.prod(k)) * float(np.prod([math.ceil(kk / ss) for kk, ss in zip(k, s, strict=True)])))
-    return box / max(mind, 1.0)
-
-
-def _conv_norm_bound(node: Node, w: torch.Tensor) -> float:
-    from .bounds import conv_norm
-
-    return conv_norm(node, w)
-
-
 def plan(g: GraphModel, device: torch.device, extra: int = 0, circular: bool = False
          ) -> tuple[dict[str, tuple[int, ...]], float]:
     """Dry run: grid sizes per root and the cost estimate (sum over activations of F * c^3, complex flops)."""

@@ -22,7 +22,6 @@ import contextlib
 import copy
 import logging
 import math
-import operator
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,8 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import activations as acts
 from ..errors import InputError, Refused
+from . import ops
 
 NOT_LIPSCHITZ = "not_lipschitz"
 UNKNOWN = "unknown"
@@ -153,46 +152,113 @@ def _default_input_shape(module: nn.Module) -> tuple[int, ...] | None:
     return None
 
 
-_ACT_TARGETS = {
-    "relu": "relu", "relu_": "relu", "silu": "silu", "silu_": "silu", "gelu": "gelu", "gelu_": "gelu",
-    "sigmoid": "sigmoid", "sigmoid_": "sigmoid", "tanh": "tanh", "tanh_": "tanh", "hardswish": "hardswish",
-    "hardswish_": "hardswish", "hardsigmoid": "hardsigmoid", "hardsigmoid_": "hardsigmoid", "mish": "mish",
-    "mish_": "mish", "softplus": "softplus", "elu": "elu", "elu_": "elu", "leaky_relu": "leaky_relu",
-    "leaky_relu_": "leaky_relu", "hardtanh": "hardtanh", "hardtanh_": "hardtanh", "relu6": "relu6",
-    "selu": "selu", "selu_": "selu", "celu": "celu", "celu_": "celu",
-}
-_IDENTITY = {"dropout", "dropout_", "clone", "contiguous", "alias", "detach", "lift_fresh_copy", "_to_copy",
-             "to", "type_as", "feature_dropout", "alpha_dropout", "native_dropout"}
-_RESHAPE = {"flatten", "reshape", "view", "_unsafe_view", "permute", "transpose", "squeeze", "unsqueeze", "t",
-            "unflatten", "movedim", "swapaxes"}
-_SKIP = {"_assert_tensor_metadata", "sym_size", "_assert_async", "sym_constrain_range_for_size"}
-
-
-def _op_name(target: Any) -> str:
-    if target is operator.getitem:
-        return "getitem"
-    s = getattr(target, "__name__", str(target))
-    # aten.conv2d.default -> conv2d ; OpOverload names look like 'conv2d.default'
-    return s.split(".")[0]
-
-
 class _Builder:
+    """Walks the exported graph once on a real input: taints what depends on it, parses every tainted call
+    through the op table (`lipcore.graph.ops`), and records what each graph node must reproduce."""
+
     def __init__(self, name: str) -> None:
         self.name = name
         self.nodes: list[Node] = []
+        self.known: set[str] = set()
         self.unsupported: list[Unsupported] = []
         self.taint: set[str] = set()
-        self.alias: dict[str, str] = {}  # fx node name -> graph node name (identity ops collapse)
+        self.alias: dict[str, str] = {}  # fx node name -> graph node name (identities collapse)
+        self.items: dict[str, ops.Items] = {}  # multi-output calls, read by their getitems
+        # (fx name, graph node or alias source, fx inputs): increments that must agree on a replay
+        self.checks: list[tuple[str, str, list[str]]] = []
 
     def src(self, fx_name: str) -> str:
         return self.alias.get(fx_name, fx_name)
 
     def add(self, node: Node) -> None:
         self.nodes.append(node)
+        self.known.add(node.name)
 
     def bad(self, name: str, op: str, shape: tuple[int, ...], inputs: list[str], why: str, cat: str) -> None:
         self.unsupported.append(Unsupported(name, op, why, cat))
+        inputs = [i for i in inputs if i in self.known]
         self.add(Node(name, "unsupported", inputs, shape, {"why": why, "category": cat}, op))
+
+    def tainted_names(self, a: Any) -> list[str]:
+        found: list[str] = []
+        torch.fx.node.map_arg(a, lambda n: found.append(n.name) or n)
+        return [f for f in found if f in self.taint]  # fx names (the replay reads their traced values)
+
+    def call(self, n: torch.fx.Node, val: Any, env: dict[str, Any]) -> None:
+        op = ops.op_name(n.target)
+        shape = _shape(val)
+        ins = [self.src(a.name) for a in n.all_input_nodes if a.name in self.taint]
+        if op in ops.NO_DATA:
+            return
+        if op == "getitem":
+            return self.getitem(n, val, ins)
+        fn = ops.PARSERS.get(op)
+        if fn is None:
+            return self.bad(n.name, op, shape, ins, "no Lipschitz rule for this operator", ops.UNKNOWN)
+        try:
+            fx_args = ops.bind(n.target, n.args, dict(n.kwargs))
+        except TypeError as e:
+            return self.bad(n.name, op, shape, ins, f"cannot read its arguments ({e})", ops.UNKNOWN)
+        values = {k: _val(env, v) for k, v in fx_args.items()}
+        c = ops.Call(n.name, op, n.target, values, {k: self.tainted_names(v) for k, v in fx_args.items()}, val,
+                     fx=fx_args)
+        parsed = fn(c)
+        for p in parsed.items if isinstance(parsed, ops.Items) else [parsed]:
+            c.read.update(p.args if isinstance(p, ops.Emit) else [p.arg] if isinstance(p, ops.Alias) else [])
+        unread = [k for k in c.values if k not in c.read]
+        if unread and not isinstance(parsed, ops.Refuse):
+            parsed = ops.Refuse(f"argument '{unread[0]}' is not read by lipzoo's rule for {op}")
+        self.emit(n.name, op, shape, ins, c, parsed, val)
+
+    def emit(self, name: str, op: str, shape: tuple[int, ...], ins: list[str], c: ops.Call, parsed: ops.Parsed,
+             val: Any) -> None:
+        if isinstance(parsed, ops.Items):
+            self.items[name] = parsed
+            self.items[name].call = c  # type: ignore[attr-defined]
+            return
+        if isinstance(parsed, ops.Refuse):
+            return self.bad(name, op, shape, ins, parsed.why, parsed.category)
+        if isinstance(parsed, ops.Alias):
+            raw = c.tainted[parsed.arg][0]
+            self.alias[name] = self.src(raw)
+            self.checks.append((name, "", [raw]))
+            return
+        if parsed.kind == "cat":
+            return self.cat(name, op, shape, c, parsed.attrs["dim"])
+        raw = [t for a in parsed.args for t in c.tainted[a]]
+        attrs = {"in_shape": c.in_shape(parsed.args[0]), **parsed.attrs}
+        self.add(Node(name, parsed.kind, [self.src(t) for t in raw], shape, attrs, op))
+        self.checks.append((name, name, raw))
+
+    def getitem(self, n: torch.fx.Node, val: Any, ins: list[str]) -> None:
+        parent, idx = n.args[0].name, int(n.args[1])
+        shape = _shape(val)
+        if parent in self.items:  # a multi-output op has no graph node: its items read the op's own inputs
+            c0 = self.items[parent].call  # type: ignore[attr-defined]
+            ins = list(dict.fromkeys(self.src(t) for ts in c0.tainted.values() for t in ts))
+        else:
+            ins = [self.src(i) for i in ins]
+        if parent not in self.items:
+            return self.bad(n.name, "getitem", shape, ins, "item of an operator lipzoo did not read", ops.UNKNOWN)
+        items = self.items[parent]
+        if not 0 <= idx < len(items.items):
+            return self.bad(n.name, "getitem", shape, ins, f"item {idx} of a {len(items.items)}-output op",
+                            ops.UNKNOWN)
+        c = items.call  # type: ignore[attr-defined]
+        self.emit(n.name, c.op, shape, ins, c, items.items[idx], val)
+
+    def cat(self, name: str, op: str, shape: tuple[int, ...], c: ops.Call, dim: int) -> None:
+        parts, fx_parts = [], []
+        for fxn, v in zip(c.fx["tensors"], c.values["tensors"], strict=True):
+            tainted = isinstance(fxn, torch.fx.Node) and fxn.name in self.taint
+            parts.append((self.src(fxn.name) if tainted else None, _shape(v)))
+            fx_parts.append(fxn.name if isinstance(fxn, torch.fx.Node) else None)
+        if None in fx_parts:
+            return self.bad(name, op, shape, [p for p, _ in parts if p], "concatenates a literal tensor", ops.UNKNOWN)
+        attrs = {"in_shape": next(s for p, s in parts if p is not None), "dim": dim, "parts": parts,
+                 "fx_parts": fx_parts}
+        self.add(Node(name, "cat", [p for p, _ in parts if p is not None], shape, attrs, op))
+        self.checks.append((name, name, fx_parts))
 
 
 def _val(env: dict[str, Any], a: Any) -> Any:
@@ -205,6 +271,14 @@ def _val(env: dict[str, Any], a: Any) -> Any:
 
 def _shape(v: Any) -> tuple[int, ...]:
     return tuple(int(s) for s in v.shape[1:]) if isinstance(v, torch.Tensor) else ()
+
+
+def _clone(a: Any) -> Any:
+    if isinstance(a, torch.Tensor):
+        return a.clone()
+    if isinstance(a, list | tuple):
+        return type(a)(_clone(x) for x in a)
+    return a
 
 
 @contextlib.contextmanager
@@ -222,8 +296,36 @@ def _quiet_tracer_logs() -> Iterator[None]:
             lg.setLevel(lv)
 
 
+def _interpret(gm: torch.fx.GraphModule, x: torch.Tensor, on_call: Callable[..., None] | None = None
+               ) -> dict[str, Any]:
+    """Run the exported graph node by node, keeping every value (and handing each call to `on_call`)."""
+    env: dict[str, Any] = {}
+    for n in gm.graph.nodes:
+        if n.op == "placeholder":
+            env[n.name] = x
+        elif n.op == "get_attr":
+            obj: Any = gm
+            for part in str(n.target).split("."):
+                obj = getattr(obj, part)
+            env[n.name] = obj
+        elif n.op == "call_module":
+            env[n.name] = None  # torch.export's input-shape guards: no data flow
+        elif n.op == "call_function":
+            args, kwargs = _val(env, n.args), {k: _val(env, v) for k, v in n.kwargs.items()}
+            if getattr(getattr(n.target, "_schema", None), "is_mutable", False):  # relu_, add_: keep the inputs
+                args, kwargs = _clone(args), {k: _clone(v) for k, v in kwargs.items()}
+            with torch.no_grad():
+                env[n.name] = n.target(*args, **kwargs)
+            if on_call is not None:
+                on_call(n, env)
+    return env
+
+
 def build_graph(module: nn.Module, input_shape: Sequence[int] | None = None, name: str | None = None) -> GraphModel:
-    """Trace `module` (eval mode) into a GraphModel. Never fails on unsupported operators: it records them."""
+    """Trace `module` (eval mode) into a GraphModel. Never fails on unsupported operators: it records them.
+
+    Every tainted call goes through the op table; every node's reading is then replayed against the traced
+    values on two inputs (`_verify`), so a node that does not compute what the model computes is refused."""
     src = name or type(module).__name__
     shape = tuple(int(s) for s in input_shape) if input_shape else _default_input_shape(module)
     if not shape:
@@ -245,55 +347,86 @@ def build_graph(module: nn.Module, input_shape: Sequence[int] | None = None, nam
                               f"{str(e).splitlines()[0] if str(e) else ''}){hint}") from None
 
     b = _Builder(src)
-    env: dict[str, Any] = {}
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
         raise InputError(src, f"expected one tensor input, the traced graph has {len(placeholders)}")
-    out_name = None
-    if True:  # noqa: SIM108 - graph values are computed under no_grad below (activations need grad)
-        for n in gm.graph.nodes:
-            if n.op == "placeholder":
-                env[n.name] = x
-                b.taint.add(n.name)
-                b.add(Node(n.name, "input", [], shape))
-                continue
-            if n.op == "get_attr":
-                obj: Any = gm
-                for part in str(n.target).split("."):
-                    obj = getattr(obj, part)
-                env[n.name] = obj
-                continue
-            if n.op == "output":
-                outs = n.args[0]
-                o = outs[0] if isinstance(outs, list | tuple) else outs
-                if isinstance(outs, list | tuple) and len(outs) != 1:
-                    raise InputError(src, f"model returns {len(outs)} outputs; one tensor expected")
-                out_name = b.src(o.name)
-                continue
-            if n.op == "call_module" and "guard" in str(n.target):
-                env[n.name] = None  # torch.export's input-shape guards: no data flow
-                continue
-            if n.op != "call_function":
-                raise InputError(src, f"unexpected graph node {n.op} {n.target}")
-            args = _val(env, n.args)
-            kwargs = {k: _val(env, v) for k, v in n.kwargs.items()}
-            with torch.no_grad():
-                val = n.target(*args, **kwargs)
-            env[n.name] = val
-            tainted_in = [a.name for a in n.all_input_nodes if a.name in b.taint]
-            if not tainted_in:
-                continue
-            b.taint.add(n.name)
-            _classify(b, n, args, kwargs, val, env)
-    if out_name is None:
-        raise InputError(src, "traced graph has no output")
+    b.taint.add(placeholders[0].name)
+    b.add(Node(placeholders[0].name, "input", [], shape))
+
+    def on_call(n: torch.fx.Node, env: dict[str, Any]) -> None:
+        if not any(a.name in b.taint for a in n.all_input_nodes):
+            return
+        b.taint.add(n.name)
+        b.call(n, env[n.name], env)
+
+    env = _interpret(gm, x, on_call)
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    outs = out.args[0]
+    if isinstance(outs, list | tuple) and len(outs) != 1:
+        raise InputError(src, f"model returns {len(outs)} outputs; one tensor expected")
+    o = outs[0] if isinstance(outs, list | tuple) else outs
+    if not isinstance(o, torch.fx.Node) or o.name not in b.taint:
+        raise InputError(src, "the model output does not depend on its input")
+    out_name = b.src(o.name)
+    x2 = torch.randn(1, *shape, generator=torch.Generator().manual_seed(1))
+    _verify(b, env, _interpret(gm, x2))
     n_params = sum(int(p.numel()) for p in module.parameters())
     g = GraphModel(name=src, input_shape=shape, nodes=b.nodes, output=out_name, module=mod,
                    unsupported=b.unsupported, n_params=n_params)
+    _fold_pads(g)
     _fold_affine(g)
     g = _drop_identities(g)
     _input_space(g, module)
     return g
+
+
+# relative tolerance of the replay check: float64 replays against float32 traced values
+REPLAY_RTOL = 1e-3
+
+
+def _verify(b: _Builder, env1: dict[str, Any], env2: dict[str, Any]) -> None:
+    """Each node's reading, replayed on the traced values of its inputs for two model inputs, must reproduce
+    the increment of the traced value (constants cancel). A node that does not is refused: its reading dropped
+    an argument or a shape fact. Aliases (identities, added constants) must have their source's increment."""
+    by_name = {n.name: n for n in b.nodes}
+    for fx_name, gname, raw in b.checks:
+        v1, v2 = env1.get(fx_name), env2.get(fx_name)
+        if not isinstance(v1, torch.Tensor):
+            continue
+        dv = (v1.to(torch.float64) - v2.to(torch.float64)).reshape(-1)
+        node = by_name.get(gname)
+        if node is None:  # an alias of its argument
+            f1, f2 = env1[raw[0]], env2[raw[0]]
+        elif node.op == "cat":
+            f1, f2 = (torch.cat([e[fx] for fx in raw], node.attrs["dim"]) for e in (env1, env2))
+        else:
+            try:
+                f1 = ops.replay(node, [env1[i] for i in raw])
+                f2 = ops.replay(node, [env2[i] for i in raw])
+            except Exception as e:  # noqa: BLE001 - a reading that cannot even run is a wrong reading
+                _refuse_node(b, node, f"lipzoo's reading of it cannot be replayed ({type(e).__name__}: {e})")
+                continue
+        df = (f1.to(torch.float64) - f2.to(torch.float64)).reshape(-1)
+        if df.shape != dv.shape:
+            err = math.inf
+        else:
+            scale = max(float(dv.norm()), float(df.norm()), 1e-30)
+            floor = 1e-6 * max(float(v1.abs().max()), float(v2.abs().max()), 1.0) * math.sqrt(dv.numel())
+            err = float((df - dv).norm()) / scale if float((df - dv).norm()) > floor else 0.0
+        if err > REPLAY_RTOL:
+            target = node
+            why = (f"the traced op does not compute what lipzoo reads it as (relative error {err:.2g} on a replay): "
+                   "an argument or shape fact is not understood")
+            if target is None:
+                b.unsupported.append(Unsupported(fx_name, "alias", why, ops.UNKNOWN))
+            else:
+                _refuse_node(b, target, why)
+
+
+def _refuse_node(b: _Builder, node: Node, why: str) -> None:
+    b.unsupported.append(Unsupported(node.name, node.target, why, ops.UNKNOWN))
+    node.attrs = {"why": why, "category": ops.UNKNOWN, "in_shape": node.in_shape}
+    node.op = "unsupported"
 
 
 def _drop_identities(g: GraphModel) -> GraphModel:
@@ -312,287 +445,29 @@ def _drop_identities(g: GraphModel) -> GraphModel:
                       module=g.module, unsupported=g.unsupported, n_params=g.n_params)
 
 
-def _classify(b: _Builder, n: torch.fx.Node, args: tuple, kwargs: dict, val: Any, env: dict[str, Any]) -> None:
-    op = _op_name(n.target)
-    name = n.name
-    shape = _shape(val) if isinstance(val, torch.Tensor) else ()
-    tin = [a for a in n.all_input_nodes if a.name in b.taint]
-    ins = [b.src(a.name) for a in tin]
-    first = n.args[0] if n.args else None
-    x_tainted = isinstance(first, torch.fx.Node) and first.name in b.taint
-    tfirst = first if x_tainted else (tin[0] if tin else None)
-    in_shape = _shape(env[tfirst.name]) if isinstance(tfirst, torch.fx.Node) else ()
-    attrs: dict[str, Any] = {"in_shape": in_shape}
-
-    def lin_weight_ok(*idx: int) -> bool:
-        return x_tainted and all(not (isinstance(n.args[i], torch.fx.Node) and n.args[i].name in b.taint)
-                                 for i in idx if i < len(n.args))
-
-    if op in _SKIP:
-        b.alias[name] = ins[0]
-        return
-    if op in _IDENTITY:
-        b.alias[name] = ins[0]
-        return
-    if op in ("conv1d", "conv2d", "convolution") and lin_weight_ok(1, 2):
-        w = args[1].detach().to(torch.float64)
-        d = w.dim() - 2
-        if op == "convolution":
-            if args[6]:  # transposed
-                b.bad(name, "conv_transpose", shape, ins, "transposed convolution is not supported yet", UNKNOWN)
-                return
-            stride, padding, dilation, groups = args[3], args[4], args[5], args[8]
-        else:
-            stride = args[3] if len(args) > 3 else 1
-            padding = args[4] if len(args) > 4 else 0
-            dilation = args[5] if len(args) > 5 else 1
-            groups = args[6] if len(args) > 6 else 1
-        if isinstance(padding, str):
-            if padding == "valid":
-                padding = 0
-            else:  # 'same' (stride 1): symmetric when (k-1)*d is even
-                k = w.shape[2:]
-                dl = _tuple(dilation, d)
-                if any(((kk - 1) * dd) % 2 for kk, dd in zip(k, dl, strict=True)):
-                    b.bad(name, op, shape, ins, "asymmetric 'same' padding is not supported", UNKNOWN)
-                    return
-                padding = [((kk - 1) * dd) // 2 for kk, dd in zip(k, dl, strict=True)]
-        if d not in (1, 2):
-            b.bad(name, op, shape, ins, f"{d}-D convolution is not supported", UNKNOWN)
-            return
-        attrs.update(weight=w, stride=_tuple(stride, d), padding=_tuple(padding, d), dilation=_tuple(dilation, d),
-                     groups=int(groups))
-        b.add(Node(name, "conv", ins, shape, attrs, op))
-        return
-    if op == "linear" and lin_weight_ok(1, 2):
-        attrs["weight"] = args[1].detach().to(torch.float64)
-        b.add(Node(name, "linear", ins, shape, attrs, op))
-        return
-    if op in ("batch_norm", "_native_batch_norm_legit_no_training", "native_batch_norm") and lin_weight_ok(1, 2, 3, 4):
-        if op == "batch_norm":
-            w, _, mean, var, training, _, eps = args[1:8]
-        elif op == "native_batch_norm":
-            w, _, mean, var, training, _, eps = args[1:8]
-        else:
-            w, _, mean, var, _, eps = args[1:7]
-            training = False
-        if training:
-            b.bad(name, op, shape, ins, "batch norm in training mode", UNKNOWN)
-            return
-        c = in_shape[0]
-        scale = torch.ones(c, dtype=torch.float64) if w is None else w.detach().to(torch.float64)
-        scale = scale / torch.sqrt(var.detach().to(torch.float64) + float(eps))
-        attrs["scale"] = scale
-        attrs["channel_dim"] = 0
-        b.add(Node(name, "scale", ins, shape, attrs, op))
-        return
-    if op == "getitem":
-        # item of a tuple-valued op (batch_norm variants, max_pool2d_with_indices, unbind): follow the parent
-        b.alias[name] = ins[0]
-        return
-    if op in _ACT_TARGETS:
-        aname = _ACT_TARGETS[op]
-        try:
-            if aname == "leaky_relu":
-                a = acts.get_activation(f"leaky_relu:{args[1] if len(args) > 1 else 0.01}")
-            elif aname == "elu":
-                a = acts.get_activation(f"elu:{args[1] if len(args) > 1 else 1.0}")
-            elif aname == "hardtanh":
-                lo = args[1] if len(args) > 1 else -1.0
-                hi = args[2] if len(args) > 2 else 1.0
-                if lo >= hi:
-                    raise ValueError("empty hardtanh range")
-                a = acts.Activation(f"hardtanh({lo:g},{hi:g})", 0.0, 1.0)
-            elif aname == "gelu":
-                approx = kwargs.get("approximate", args[1] if len(args) > 1 else "none")
-                a = acts.get_activation("gelu_tanh" if approx == "tanh" else "gelu")
-            elif aname == "softplus":
-                beta = float(args[1]) if len(args) > 1 else 1.0
-                a = acts.Activation("softplus", 0.0, 1.0) if beta > 0 else acts.get_activation("softplus")
-            else:
-                a = acts.get_activation(aname)
-        except ValueError as e:
-            b.bad(name, op, shape, ins, str(e), UNKNOWN)
-            return
-        attrs["act"] = a
-        b.add(Node(name, "act", ins, shape, attrs, op))
-        return
-    if op in ("max_pool1d", "max_pool2d", "max_pool2d_with_indices", "max_pool1d_with_indices"):
-        d = len(in_shape) - 1
-        k = _tuple(args[1], d)
-        s = _tuple(args[2] if len(args) > 2 and args[2] else k, d)
-        p = _tuple(args[3] if len(args) > 3 else 0, d)
-        dl = _tuple(args[4] if len(args) > 4 else 1, d)
-        attrs.update(kernel=k, stride=s, padding=p, dilation=dl)
-        b.add(Node(name, "maxpool", ins, shape, attrs, op))
-        return
-    if op in ("avg_pool1d", "avg_pool2d"):
-        d = len(in_shape) - 1
-        k = _tuple(args[1], d)
-        s = _tuple(args[2] if len(args) > 2 and args[2] else k, d)
-        p = _tuple(args[3] if len(args) > 3 else 0, d)
-        ceil = bool(args[4]) if len(args) > 4 else False
-        cip = bool(args[5]) if len(args) > 5 else True
-        div = args[6] if len(args) > 6 else None
-        attrs.update(kernel=k, stride=s, padding=p, ceil_mode=ceil, count_include_pad=cip, divisor=div)
-        b.add(Node(name, "avgpool", ins, shape, attrs, op))
-        return
-    if op in ("adaptive_avg_pool1d", "adaptive_avg_pool2d", "_adaptive_avg_pool2d", "mean"):
-        d = len(in_shape) - 1
-        if op == "mean":
-            dims = args[1] if len(args) > 1 else None
-            dims = sorted({int(x) % (len(in_shape) + 1) for x in dims}) if dims is not None else None
-            if len(in_shape) == 3 and dims == [2, 3]:
-                attrs["dims"] = "spatial"
-            elif len(in_shape) == 2 and dims == [1]:  # (B, T, C) mean over tokens
-                attrs["dims"] = "tokens"
-            elif len(in_shape) == 2 and dims == [2] or len(in_shape) == 3 and dims == [1]:
-                attrs["dims"] = "channels"
-            else:
-                b.bad(name, "mean", shape, ins, f"mean over dims {dims}", UNKNOWN)
-                return
-            b.add(Node(name, "gap", ins, shape, attrs, op))
-            return
-        outsz = _tuple(args[1], d)
-        if all(o == 1 for o in outsz):
-            attrs["dims"] = "spatial"
-            b.add(Node(name, "gap", ins, shape, attrs, op))
-            return
-        insz = in_shape[1:]
-        if all(i % o == 0 for i, o in zip(insz, outsz, strict=True)):
-            k = tuple(i // o for i, o in zip(insz, outsz, strict=True))
-            attrs.update(kernel=k, stride=k, padding=(0,) * d, ceil_mode=False, count_include_pad=True, divisor=None)
-            b.add(Node(name, "avgpool", ins, shape, attrs, op))
-            return
-        b.bad(name, op, shape, ins, "adaptive pooling with non-dividing output size", UNKNOWN)
-        return
-    if op in _RESHAPE:
-        attrs["kind"] = op
-        if op == "permute":
-            attrs["perm"] = tuple(int(p) for p in args[1])
-        elif op in ("transpose", "swapaxes"):
-            attrs["perm"] = ("t", int(args[1]), int(args[2]))
-        b.add(Node(name, "reshape", ins, shape, attrs, op))
-        return
-    if op in ("add", "add_", "sub", "sub_", "rsub"):
-        other = args[1] if len(args) > 1 else kwargs.get("other")
-        alpha = kwargs.get("alpha", args[2] if len(args) > 2 else 1)
-        both = len(tin) == 2 or (len(tin) == 1 and n.args[0] is n.args[1])
-        if not both:  # x + constant: an affine shift, no effect on increments
-            b.alias[name] = ins[0]
-            return
-        if n.args[0] is n.args[1]:
-            c = 1.0 + (-alpha if op.startswith("sub") else alpha)
-            attrs.update(scale=torch.tensor(float(c), dtype=torch.float64), channel_dim=None)
-            b.add(Node(name, "scale", [ins[0]], shape, attrs, op))
-            return
-        if _shape(env[n.args[0].name]) != shape or _shape(env[n.args[1].name]) != shape:
-            b.bad(name, op, shape, ins, "broadcasting addition of input-dependent tensors", UNKNOWN)
-            return
-        sign = -1.0 if op in ("sub", "sub_") else 1.0
-        if op == "rsub":
-            b.bad(name, op, shape, ins, "rsub of two input-dependent tensors", UNKNOWN)
-            return
-        attrs["coef"] = (1.0, sign * float(alpha))
-        del other
-        b.add(Node(name, "add", ins, shape, attrs, op))
-        return
-    if op in ("mul", "mul_", "div", "div_"):
-        if len(tin) == 2 or (len(tin) == 1 and len(n.args) > 1 and n.args[0] is n.args[1]):
-            why = ("multiplicative gating x*g(x) (e.g. squeeze-excite) is not globally Lipschitz"
-                   if op.startswith("mul") else "division by an input-dependent tensor is not globally Lipschitz")
-            b.bad(name, op, shape, ins, why, NOT_LIPSCHITZ)
-            return
-        if not x_tainted and op.startswith("div"):
-            b.bad(name, op, shape, ins, "division by an input-dependent tensor is not globally Lipschitz",
-                  NOT_LIPSCHITZ)
-            return
-        const = args[1] if x_tainted else args[0]
-        c = torch.as_tensor(const, dtype=torch.float64).detach()
-        if op.startswith("div"):
-            c = 1.0 / c
-        full = torch.broadcast_shapes(tuple(c.shape), (1, *in_shape))
-        if tuple(full[1:]) != tuple(in_shape):
-            b.bad(name, op, shape, ins, "broadcasting product changes the shape", UNKNOWN)
-            return
-        cc = c.reshape(c.shape[1:] if c.dim() == len(in_shape) + 1 else c.shape)
-        attrs.update(_scale_attrs(cc, in_shape))
-        b.add(Node(name, "scale", ins, shape, attrs, op))
-        return
-    if op == "addcmul":  # input + value * t1 * t2 (timm's Affine: beta + alpha * x)
-        value = float(kwargs.get("value", args[3] if len(args) > 3 else 1.0))
-        tt = [isinstance(a, torch.fx.Node) and a.name in b.taint for a in n.args[:3]]
-        if tt[1] and tt[2]:
-            b.bad(name, op, shape, ins, "multiplicative gating x*g(x) is not globally Lipschitz", NOT_LIPSCHITZ)
-            return
-        if not tt[1] and not tt[2]:  # tainted input + constant product: an affine shift
-            b.alias[name] = ins[0]
-            return
-        if tt[0]:
-            b.bad(name, op, shape, ins, "addcmul adding two input-dependent terms", UNKNOWN)
-            return
-        xi = 1 if tt[1] else 2
-        c = torch.as_tensor(args[3 - xi], dtype=torch.float64).detach() * value
-        in_shape = _shape(env[n.args[xi].name])
-        attrs["in_shape"] = in_shape
-        attrs.update(_scale_attrs(c.reshape(c.shape[1:]) if c.dim() == len(in_shape) + 1 else c, in_shape))
-        b.add(Node(name, "scale", ins, shape, attrs, op))
-        return
-    if op == "cat":
-        dim = int(args[1]) if len(args) > 1 else 0
-        parts = []
-        for a in n.args[0]:
-            v = env[a.name]
-            parts.append((b.src(a.name) if a.name in b.taint else None, _shape(v)))
-        attrs.update(dim=dim, parts=parts)
-        b.add(Node(name, "cat", [p for p, _ in parts if p is not None], shape, attrs, op))
-        return
-    if op in ("slice", "select", "narrow", "index_select", "unbind", "split", "chunk", "split_with_sizes"):
-        if op in ("unbind", "split", "chunk", "split_with_sizes"):
-            b.bad(name, op, shape, ins, f"{op} (multi-output) is only supported inside attention", UNKNOWN)
-            return
-        attrs["kind"] = op
-        b.add(Node(name, "slice", ins, shape, attrs, op))
-        return
-    if op in ("layer_norm", "native_layer_norm", "group_norm", "native_group_norm", "rms_norm"):
-        if op in ("layer_norm", "native_layer_norm"):
-            w = args[2] if len(args) > 2 else None
-            eps = args[4] if len(args) > 4 else 1e-5
-        elif op == "rms_norm":
-            w = args[2] if len(args) > 2 else None
-            eps = args[3] if len(args) > 3 and args[3] is not None else torch.finfo(torch.float32).eps
-        else:
-            w = args[2] if len(args) > 2 else None
-            eps = args[4] if op == "group_norm" and len(args) > 4 else (args[7] if len(args) > 7 else 1e-5)
-        g = 1.0 if w is None else float(torch.as_tensor(w).abs().max())
-        attrs.update(lip=g / math.sqrt(float(eps)), eps=float(eps), gamma_max=g)
-        b.add(Node(name, "norm", ins, shape, attrs, op))
-        return
-    if op in ("scaled_dot_product_attention", "_scaled_dot_product_flash_attention",
-              "_scaled_dot_product_efficient_attention", "_scaled_dot_product_attention_math", "bmm", "matmul",
-              "baddbmm", "einsum") and len(tin) >= 2:
-        b.bad(name, op, shape, ins, "dot-product attention is not globally Lipschitz (Kim et al. 2021)", NOT_LIPSCHITZ)
-        return
-    if op in ("softmax", "_softmax", "log_softmax", "_log_softmax"):
-        b.bad(name, op, shape, ins, "softmax over input-dependent scores (attention) is not supported", UNKNOWN)
-        return
-    if op in ("pad", "constant_pad_nd") and (len(args) < 3 or not args[2]):
-        attrs["kind"] = "pad"
-        b.add(Node(name, "slice", ins, shape, attrs, op))  # zero padding: an isometric embedding, norm 1
-        return
-    b.bad(name, op, shape, ins, "no Lipschitz rule for this operator", UNKNOWN)
-
-
-def _scale_attrs(c: torch.Tensor, in_shape: tuple[int, ...]) -> dict[str, Any]:
-    """Classify a constant multiplier: a scalar, per-channel (dim 0 of CHW, or the last dim of tokens), or general."""
-    if c.numel() == 1:
-        return {"scale": c.reshape(()), "channel_dim": None}
-    nz = [i for i, s in enumerate(c.shape) if s != 1]
-    off = len(in_shape) - c.dim()  # right-aligned broadcasting
-    if len(nz) == 1:
-        dim = nz[0] + off
-        return {"scale": c.reshape(-1), "channel_dim": dim}
-    return {"scale": c, "channel_dim": "full"}
+def _fold_pads(g: GraphModel) -> None:
+    """Fold a constant spatial pad into every conv reading it (conv(pad(x)) is a conv of x with a larger offset
+    and zero outside: exact). A pad read by anything else stays a gather node (a restart in the engine)."""
+    cons = g.consumers()
+    for n in g.nodes:
+        pad = n.attrs.get("pad") if n.op == "gather" else None
+        if pad is None or not cons[n.name] or n.name == g.output:
+            continue
+        convs = [g.node(c) for c in cons[n.name]]
+        d = len(n.in_shape) - 1
+        if len(pad) != 2 * d or any(p < 0 for p in pad) or not all(
+                c.op == "conv" and len(c.inputs) == 1 and len(c.attrs["weight"].shape) - 2 == d for c in convs):
+            continue
+        lo = tuple(pad[2 * (d - 1 - i)] for i in range(d))
+        hi = tuple(pad[2 * (d - 1 - i) + 1] for i in range(d))
+        for c in convs:
+            a = c.attrs
+            a["padding"] = tuple(p + q for p, q in zip(a["padding"], lo, strict=True))
+            a["pad_hi"] = tuple(p + q for p, q in zip(a["pad_hi"], hi, strict=True))
+            a["in_shape"] = n.in_shape
+            a.setdefault("folded", []).append(n.name)
+        n.op = "identity"
+        n.attrs = {"in_shape": n.in_shape, "folded_into": [c.name for c in convs]}
 
 
 def _fold_affine(g: GraphModel) -> None:
