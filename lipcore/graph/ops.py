@@ -813,7 +813,8 @@ def _norm(c: Call) -> Parsed:
 
 
 @parser("scaled_dot_product_attention", "_scaled_dot_product_flash_attention",
-        "_scaled_dot_product_efficient_attention", "_scaled_dot_product_attention_math", "_scaled_dot_product_flash_attention_for_cpu", "bmm", "baddbmm", "einsum")
+        "_scaled_dot_product_efficient_attention", "_scaled_dot_product_attention_math",
+        "_scaled_dot_product_flash_attention_for_cpu", "bmm", "baddbmm", "einsum")
 def _attention(c: Call) -> Parsed:
     n = sum(1 for v in c.tainted.values() if v)
     multi = n >= 2 or any(len(v) >= 2 for v in c.tainted.values())
