@@ -64,17 +64,18 @@ def test_read_only_catalog_refuses_writes(tmp_path):
 def test_migrations_from_empty_file(tmp_path):
     path = tmp_path / "sub" / "new.duckdb"
     with Catalog(path) as cat:
-        assert cat.schema_version == LATEST_VERSION == 2
+        assert cat.schema_version == LATEST_VERSION == 3
         with cat.connect() as con:
             versions = con.execute("SELECT version, description FROM schema_version ORDER BY 1").fetchall()
             tables = {t for (t,) in con.execute(
                 "SELECT table_name FROM information_schema.tables WHERE table_schema='main'").fetchall()}
-    assert [v for v, _ in versions] == [1, 2]
+    assert [v for v, _ in versions] == [1, 2, 3]
     assert {"models", "revisions", "runs", "results", "schema_version", "leaderboard", "leaderboard_variants",
-            "history", "latest_revisions", "revision_bounds", "current_results"} <= tables
+            "history", "latest_revisions", "revision_bounds", "current_results", "certificates",
+            "current_certificates", "certified_leaderboard"} <= tables
     # re-opening applies nothing new
-    assert Catalog(path).schema_version == 2
-    assert count(Catalog(path), "SELECT count(*) FROM schema_version") == 2
+    assert Catalog(path).schema_version == 3
+    assert count(Catalog(path), "SELECT count(*) FROM schema_version") == 3
 
 
 def test_migration_from_previous_schema_keeps_data(tmp_path):
@@ -96,7 +97,7 @@ def test_migration_from_previous_schema_keeps_data(tmp_path):
     con.close()
 
     cat = Catalog(path)
-    assert cat.schema_version == 2
+    assert cat.schema_version == 3
     with cat.connect() as con:
         assert con.execute("SELECT count(*), bool_or(vacuous) FROM results").fetchone() == (3, False)
         assert con.execute("SELECT pid, host FROM runs").fetchone() == (None, None)
@@ -114,7 +115,7 @@ def test_read_only_open_migrates_an_old_catalog(tmp_path):
     migrate(con, target=1)
     con.close()
     ro = Catalog(path, read_only=True)
-    assert ro.schema_version == 2
+    assert ro.schema_version == 3
     assert ro.leaderboard() == []
 
 

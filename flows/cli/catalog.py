@@ -259,6 +259,10 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
     empty = ["rank", *(c.strip() for c in LEADERBOARD_COLUMNS.split(","))]
     emit(rows, cols, args.format, title="lipzoo leaderboard", caption=caption, empty_keys=empty)
+    # called by `lipzoo audit` (a Namespace without `by`): the certified table follows when there are certificates
+    if not hasattr(args, "by") and args.format == "table" and args.variant is None:
+        args.eps = None
+        _certified_leaderboard(cat, args, top or None, quiet_empty=True)
     return 0
 
 
@@ -396,10 +400,10 @@ def _certified_leaderboard(cat: Any, args: argparse.Namespace, top: int | None, 
     have = {r["model_id"] for r in rows}
     for r in rows:
         r["units"] = r.get("eps_units")
-    for b in _run(cat.leaderboard, hub=args.hub, variant_columns=False):
+    for b in [] if quiet_empty else _run(cat.leaderboard, hub=args.hub, variant_columns=False):
         if b["model_id"] not in have:
             rows.append({"rank": None, "model_id": b["model_id"], "revision": b["revision"], "eps": eps,
-                         "bound": b.get("best_upper"), "variant": b.get("best_upper_variant"), "units": "no eval data"})
+                         "bound": b.get("best_upper"), "variant": b.get("best_upper_variant"), "units": "no data"})
     rows = rows[:top] if top else rows
     cols = [Col("rank", "#", "int"), Col("model_id", "model"), Col("revision", "revision", "rev"),
             Col("certified_accuracy", f"cert. acc @ eps={eps:g}", "num"), Col("clean_accuracy", "clean acc", "num"),
@@ -417,8 +421,4 @@ def show_leaderboard(catalog: str | Path | None = None, top: int | None = 20, fm
     """Print the leaderboard exactly as `lipzoo leaderboard` does (for `lipzoo audit` to call at its end)."""
     args = argparse.Namespace(catalog=str(catalog) if catalog else None, top=top, format=fmt, hub=hub,
                               variant=variant, wide=wide)
-    rc = cmd_leaderboard(args)
-    if fmt == "table" and variant is None:  # certificates, when any model has an evaluation set
-        args.eps = None
-        _certified_leaderboard(_open(args), args, top, quiet_empty=True)
-    return rc
+    return cmd_leaderboard(args)  # no `by`: the certified table follows when there are certificates
