@@ -102,10 +102,13 @@ def _load_folder(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(xs), np.asarray(ys)
 
 
-def preprocess_spec(raw: Any) -> dict[str, Any] | None:
-    """{"mean": [...], "std": [...]} (per channel or scalar) -> the same, validated; None for none."""
+def preprocess_spec(raw: Any) -> dict[str, Any] | str | None:
+    """{"mean": [...], "std": [...]} (per channel or scalar) -> the same, validated; None for none; "timm": the
+    mean/std of the model's own timm `pretrained_cfg` (resolved when the model is loaded)."""
     if not raw:
         return None
+    if raw == "timm":
+        return "timm"
     if not isinstance(raw, dict) or set(raw) - {"mean", "std"}:
         raise EvalError("preprocess must be a table with mean and std")
     mean = np.atleast_1d(np.asarray(raw.get("mean", 0.0), dtype=np.float64))
@@ -161,6 +164,16 @@ def summarize(margins: np.ndarray, bound: float, eps: tuple[float, ...]) -> dict
     return {"n": int(len(m)), "clean_accuracy": float(np.mean(m > 0)), "eps": list(eps),
             "certified_accuracy": [certified_accuracy(m, bound, e) for e in eps],
             "median_radius": float(np.median(r)), "margins": m.tolist()}
+
+
+def timm_preprocess(module: Any) -> dict[str, Any]:
+    """mean/std from a timm model's pretrained_cfg (what timm's own transforms apply before the model)."""
+    cfg = getattr(module, "pretrained_cfg", None) or {}
+    if "mean" not in cfg or "std" not in cfg:
+        raise EvalError('preprocess = "timm" but the model has no pretrained_cfg mean/std')
+    spec = preprocess_spec({"mean": list(cfg["mean"]), "std": list(cfg["std"])})
+    assert isinstance(spec, dict)
+    return spec
 
 
 # -- forward passes --------------------------------------------------------------------------------------
@@ -238,6 +251,10 @@ def certify_models(found: list[tuple[Any, Any]], catalog: Any, run_id: str | Non
                 cache[key] = load_eval(cs["eval"], base_dir)
             data = cache[key]
             pre = cs.get("preprocess")
+            loaded = None
+            if pre == "timm":  # known only once the model is loaded
+                loaded = hubs.fetch(ref, entry.settings)
+                pre = timm_preprocess(loaded.target)
             pre_s = dump_pre(pre)
             eps = tuple(cs.get("eps") or DEFAULT_EPS)
             bounds, existing = catalog.certificate_inputs(ref.model_id, ref.revision)
@@ -256,7 +273,7 @@ def certify_models(found: list[tuple[Any, Any]], catalog: Any, run_id: str | Non
             if not todo:
                 continue
             t0 = time.perf_counter()
-            loaded = hubs.fetch(ref, entry.settings)
+            loaded = loaded or hubs.fetch(ref, entry.settings)
             shape = loaded.input_shape or entry.settings.input_shape
             f = logits_fn(loaded.target, loaded.activation or entry.settings.activation, shape)
             logits = batched(f, apply_preprocess(data.x, pre))

@@ -375,3 +375,19 @@ def test_cli_leaderboard_by_certified_accuracy_and_history(tmp_path, capsys):
     assert main(["history", "local:a", "--certificates", "--format", "json", "--catalog", str(cat.path)]) == 0
     (h,) = json.loads(capsys.readouterr().out)
     assert h["scope"] == "best" and h["eps"] == [0.0, 0.1, 0.5]
+
+
+def test_timm_preprocess_comes_from_pretrained_cfg():
+    timm = pytest.importorskip("timm")
+    from flows.certify import EvalError, apply_preprocess, preprocess_spec, timm_preprocess
+
+    assert preprocess_spec("timm") == "timm"
+    model = timm.create_model("test_resnet", pretrained=False)
+    pre = timm_preprocess(model)
+    assert pre["mean"] == pytest.approx(list(model.pretrained_cfg["mean"]))
+    assert pre["std"] == pytest.approx(list(model.pretrained_cfg["std"]))
+    x = np.full((1, 3, 4, 4), 0.5, dtype=np.float32)
+    z = apply_preprocess(x, pre)
+    assert z[0, 0, 0, 0] == pytest.approx((0.5 - pre["mean"][0]) / pre["std"][0], rel=1e-6)
+    with pytest.raises(EvalError, match="pretrained_cfg"):
+        timm_preprocess(torch.nn.Linear(2, 2))
