@@ -35,7 +35,7 @@ from .schema import LATEST_VERSION, current_version, migrate
 
 DEFAULT_PATH = "lipzoo.duckdb"
 DEFAULT_LOCK_TIMEOUT_S = 30.0
-RUN_STATUSES = ("running", "completed", "failed", "aborted", "external")
+RUN_STATUSES = ("running", "completed", "failed", "aborted", "interrupted", "external")
 
 _LOCK_RE = re.compile(r"Conflicting lock is held in (?P<holder>.*?) \(PID (?P<pid>\d+)\)")
 _PROCESS_LOCKS: dict[str, threading.RLock] = {}
@@ -271,9 +271,10 @@ class Catalog:
         return dead
 
     def finish_run(self, run_id: str, status: str, summary: dict[str, Any] | None = None) -> None:
-        """Close a run: status 'completed' | 'failed' (or 'aborted')."""
-        if status not in ("completed", "failed", "aborted"):
-            raise ValueError(f"run status must be completed, failed or aborted (got {status!r})")
+        """Close a run: status 'completed' | 'failed' | 'interrupted' (SIGINT/SIGTERM; what finished is written)
+        (or 'aborted'). runs.status is a plain VARCHAR: no migration needed for 'interrupted'."""
+        if status not in ("completed", "failed", "aborted", "interrupted"):
+            raise ValueError(f"run status must be completed, failed, interrupted or aborted (got {status!r})")
         from .columns import dump_json
 
         with self.connect(read_only=False) as con:

@@ -40,6 +40,7 @@ from . import prefect_env  # noqa: F401  (must precede the prefect import)
 
 from prefect import flow  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
+from prefect.exceptions import ExternalSignal  # noqa: E402
 
 from .refs import Job, ModelRef, Unresolved  # noqa: E402
 from .tasks import (  # noqa: E402
@@ -53,12 +54,15 @@ from .tasks import (  # noqa: E402
     write_results,
 )
 from .zoo import Entry, Zoo, entry_for, load_zoo, override  # noqa: E402
+from . import spool  # noqa: E402
+from catalogs.errors import CatalogLockedError  # noqa: E402
 
 EVENT_NEW_CHECKPOINT = "lipzoo.checkpoint.new"
 WRITE_BATCH_ROWS = 2000
 WRITE_EVERY_S = 10.0
 
 log = logging.getLogger("lipzoo.flows")
+last_interrupted: dict[str, Any] | None = None  # the summary of the last audit a signal stopped (for the CLI)
 
 
 class AuditFailed(Exception):
@@ -185,6 +189,42 @@ def _entry_ids(entry: Entry) -> list[str]:
     return ids or [entry.label]
 
 
+def _say(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr, flush=True)
+
+
+def _lock_wait_s(interrupted: bool = False) -> float:
+    """How long the final write waits for another process's catalog lock before spooling: LIPZOO_LOCK_WAIT
+    (default 600 s); a stopped audit waits at most 2 s (it must exit within a few seconds)."""
+    if interrupted:
+        return 2.0
+    try:
+        return max(0.0, float(os.environ.get("LIPZOO_LOCK_WAIT", "600")))
+    except ValueError:
+        return 600.0
+
+
+def _keep_finished(futures: dict[Any, Job], collected: set[int], pending_rows: list[Any],
+                   summary: dict[str, Any]) -> None:
+    """On interrupt: the rows of every task that finished but was not collected yet; the rest is cancelled."""
+    for fut in futures:
+        if id(fut) in collected:
+            continue
+        try:
+            state = fut.state
+            if state.is_completed():
+                out: Outcome = fut.result()
+                pending_rows.extend(out.rows)
+                summary["audited"] += 1
+                summary[out.status] += 1
+            elif hasattr(fut, "cancel"):
+                fut.cancel()
+        except BaseException:  # a future that cannot be read any more is not finished work
+            continue
+
+
 def _plan(found: Iterable[tuple[ModelRef, Entry]], computed: set[tuple[str, str, str]],
           force: bool = False) -> tuple[list[Job], int]:
     jobs, up_to_date = [], 0
@@ -221,6 +261,10 @@ def _run_audit(zoo: Zoo, catalog: Any, found: list[tuple[ModelRef, Entry]], bad:
     }
     status = "failed"
     try:
+        try:  # first what an earlier audit computed but could not write (then it is not computed again)
+            summary["rows_replayed"] = spool.replay(catalog)
+        except CatalogLockedError:
+            pass
         jobs, summary["up_to_date"] = _plan(found, catalog.computed_keys(lipcore.ENGINE_VERSION), force)
         pending_rows: list[Any] = []
         for u, entry in bad:
@@ -231,12 +275,40 @@ def _run_audit(zoo: Zoo, catalog: Any, found: list[tuple[ModelRef, Entry]], bad:
         last_write = time.perf_counter()
 
         def flush(force_write: bool = False) -> None:
+            """Write what is pending. A write lock held by another process keeps the rows pending (said once,
+            naming the holder) and the audit goes on; the final write waits longer, then spools."""
             nonlocal pending_rows, last_write
             if pending_rows and (force_write or len(pending_rows) >= WRITE_BATCH_ROWS
                                  or time.perf_counter() - last_write > WRITE_EVERY_S):
-                summary["rows_written"] += write_results(catalog, pending_rows, run_id)
+                try:
+                    summary["rows_written"] += write_results(catalog, pending_rows, run_id)
+                except CatalogLockedError as e:
+                    if not summary.get("lock_waits"):
+                        _say(f"lipzoo: {e}; keeping {len(pending_rows)} computed rows and retrying")
+                    summary["lock_waits"] = summary.get("lock_waits", 0) + 1
+                    last_write = time.perf_counter()
+                    if force_write:
+                        raise
+                    return
                 pending_rows = []
                 last_write = time.perf_counter()
+
+        def final_write(wait_s: float) -> None:
+            """Everything pending reaches the catalog, or (lock still held after `wait_s`) the durable spool."""
+            nonlocal pending_rows
+            deadline = time.monotonic() + wait_s
+            while pending_rows:
+                try:
+                    flush(force_write=True)
+                except CatalogLockedError as e:
+                    if time.monotonic() < deadline:
+                        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+                        continue
+                    f = spool.spool(catalog.path, run_id, pending_rows)
+                    summary["rows_spooled"] = len(pending_rows)
+                    _say(f"lipzoo: {e}; {len(pending_rows)} computed rows saved to {f}: the next audit of this "
+                         f"catalog writes them")
+                    pending_rows = []
 
         progress.begin(len(jobs), label)
         gpu_jobs = [j for j in jobs
@@ -254,9 +326,12 @@ def _run_audit(zoo: Zoo, catalog: Any, found: list[tuple[ModelRef, Entry]], bad:
             p = {"job": job, "flow_run_id": flow_run_id, "gpu_limit": id(job) in gpu_ids}
             return task_runner.submit(t, parameters=p) if task_runner is not None else t.submit(**p)
 
+        collected: set[int] = set()
+
         def collect() -> None:
             for fut in as_completed(list(futures)):
                 job = futures[fut]
+                collected.add(id(fut))
                 fut.wait()  # sets the future's final state from the runner (fut.state alone may ask the API)
                 state = fut.state
                 summary["audited"] += 1
@@ -283,14 +358,24 @@ def _run_audit(zoo: Zoo, catalog: Any, found: list[tuple[ModelRef, Entry]], bad:
                     progress.finished(job.model_id, "failed")
                 flush()
 
-        if task_runner is not None:
-            with task_runner:
+        try:
+            if task_runner is not None:
+                with task_runner:
+                    futures = {submit(j): j for j in jobs}
+                    collect()
+            else:
                 futures = {submit(j): j for j in jobs}
                 collect()
-        else:
-            futures = {submit(j): j for j in jobs}
-            collect()
-        flush(force_write=True)
+        except (KeyboardInterrupt, ExternalSignal):  # SIGINT / SIGTERM (Prefect's TerminationSignal while a flow
+            # runs, else the CLI's KeyboardInterrupt): keep what finished, write it, stop
+            status = "interrupted"
+            summary["interrupted"] = True
+            _keep_finished(futures, collected, pending_rows, summary)
+            final_write(_lock_wait_s(interrupted=True))
+            global last_interrupted
+            last_interrupted = summary
+            raise
+        final_write(_lock_wait_s())
         from .certify import certify_models  # issue 14: certificates from the bounds just written
 
         summary.update(certify_models(found, catalog, run_id, Path(zoo.source).parent if zoo.source else None, force))

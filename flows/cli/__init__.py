@@ -54,6 +54,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_interrupted(e: KeyboardInterrupt) -> None:
+    """One line, then out within a moment: tasks still running in worker threads are abandoned (their models
+    were not finished, so nothing of theirs was computed); what finished is already in the catalog or spool."""
+    import atexit
+
+    why = str(e) or "SIGINT"
+    line = f"lipzoo: interrupted ({why})"
+    s = sys.modules.get("flows.audit")
+    summary = getattr(s, "last_interrupted", None) if s is not None else None
+    if summary:
+        n = summary.get("audited", 0)
+        line += (f": {n} finished model(s) written to {summary.get('catalog')} (run {summary.get('run_id')}, "
+                 f"status interrupted)")
+        if summary.get("rows_spooled"):
+            line += f"; {summary['rows_spooled']} rows spooled for the next audit"
+    if os.environ.get("LIPZOO_DEBUG"):
+        import traceback
+
+        traceback.print_exception(e)
+    print(line, file=sys.stderr, flush=True)
+    try:
+        sys.stdout.flush()
+        atexit._run_exitfuncs()  # Prefect's temporary server is stopped here (worker threads are not joined)
+    except BaseException:
+        pass
+    os._exit(130)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -66,9 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     try:
         rc = args.func(args)
-    except KeyboardInterrupt:
-        print("lipzoo: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        _exit_interrupted(e)
     except CliError as e:
         print(f"lipzoo: error: {e}", file=sys.stderr)
         return 2

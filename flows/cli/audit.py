@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -126,10 +127,25 @@ def _zoo_arg(args: argparse.Namespace) -> Any:
 
 
 def _quiet_prefect(verbose: bool) -> None:
-    if verbose:
+    if verbose or os.environ.get("LIPZOO_DEBUG"):
         return
     for name in ("prefect", "prefect.flow_runs", "prefect.task_runs", "prefect.events"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
+    # Prefect re-applies its logging config when a flow starts (the levels above are reset), and its engine logs
+    # every task/flow exception with a traceback ("Encountered exception during execution"): the error reaches
+    # the user as lipzoo's one line instead. Prefect's own records below CRITICAL are dropped where they are
+    # handled (-v or LIPZOO_DEBUG=1 show them).
+    orig = logging.Logger.handle
+    if getattr(orig, "_lipzoo_quiet", False):
+        return
+
+    def handle(self: logging.Logger, record: logging.LogRecord) -> None:
+        if (self.name == "prefect" or self.name.startswith("prefect.")) and record.levelno < logging.CRITICAL:
+            return None
+        return orig(self, record)
+
+    handle._lipzoo_quiet = True  # type: ignore[attr-defined]
+    logging.Logger.handle = handle  # type: ignore[method-assign]
 
 
 def _run(flow: Any, kwargs: dict[str, Any], args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
@@ -207,12 +223,32 @@ def _prestart() -> Any:
     return start_temporary_server()
 
 
+def _stop_on_signals() -> None:
+    """SIGINT and SIGTERM stop the audit the same way: the first one raises KeyboardInterrupt in the flow (no
+    new work; what finished is written; the run is recorded 'interrupted'), later ones are ignored so they
+    cannot cut that write short (SIGKILL still ends the process; the catalog stays consistent)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+
 def _start(args: argparse.Namespace) -> Any:
     """The zoo the arguments name, with Prefect quiet and its temporary server up (started first: it boots
     while the zoo manifest is read and the flows import)."""
     server = _prestart()
     zoo = _zoo_arg(args)
     _quiet_prefect(args.verbose)
+    _stop_on_signals()
     import flows.audit  # noqa: F401  (the heavy import, overlapped with the server start)
 
     if server is not None:
