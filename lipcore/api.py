@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -50,17 +51,17 @@ def load_target(source: Any, *, activation: str | None = None, slope: Sequence[f
     from .mlp import loaders
 
     if isinstance(source, MLP):
-        return source
+        return source.normalised()
     if isinstance(source, nn.Module):
         try:
-            return loaders.mlp_from_module(source, name=name, input_shape=input_shape)
+            return loaders.mlp_from_module(source, name=name, input_shape=input_shape).normalised()
         except loaders.NotAnMLP as not_mlp:
             try:
                 from . import graph
             except ImportError:
                 raise not_mlp from None
             return graph.build_graph(source, input_shape=input_shape, name=name)
-    return loaders.load(source, activation=activation, slope=slope, name=name)
+    return loaders.load(source, activation=activation, slope=slope, name=name).normalised()
 
 
 def analyze(
@@ -88,10 +89,14 @@ def analyze(
     ids = _validate_variants(variants)
     if name is None and isinstance(model_or_weights, str | Path):
         name = Path(model_or_weights).name
-    target = load_target(model_or_weights, activation=activation, slope=slope, input_shape=input_shape, name=name)
-    is_graph = not isinstance(target, MLP)
     ctx = Context(device=dev, seed=seed, options=dict(options or {}),
                   deadline=None if budget_s is None else time.monotonic() + budget_s)
+    early = preload_refusals(model_or_weights, ids, ctx)  # too big to even load: refused from the shapes
+    if early is not None:
+        return Report(model=name or "model", results=early, device=str(dev), engine_version=ENGINE_VERSION,
+                      summary={"layer_shapes": [list(map(int, sh)) for sh in weight_shapes(model_or_weights) or []]})
+    target = load_target(model_or_weights, activation=activation, slope=slope, input_shape=input_shape, name=name)
+    is_graph = not isinstance(target, MLP)
     results: dict[str, BoundResult] = {}
     for vid in ids:
         spec = VARIANTS[vid]
@@ -99,6 +104,8 @@ def analyze(
         t0 = time.perf_counter()
         try:
             ctx.check_deadline()
+            if not is_graph:
+                resource_guard([w.shape for w in target.weights], vid, spec.kind, ctx)
             fn = spec.resolve(is_graph)
             if fn is None:
                 raise Refused(f"{vid} is only available for plain MLPs")
@@ -126,6 +133,110 @@ def analyze(
     _soundness_guard(results)
     return Report(model=getattr(target, "name", name or "model"), results=results, device=str(dev),
                   engine_version=ENGINE_VERSION, summary=target.summary())
+
+
+# -- resource guard (issue 16) ----------------------------------------------------------------------------------
+# Estimated from the shapes alone, before any dense linear algebra: a variant whose estimate exceeds the memory
+# available (MemAvailable, or LIPZOO_MAX_MEMORY_GB when lower) or the time left of the budget is refused with
+# the estimate at once, never an out-of-memory kill or a silent hour of eigendecompositions.
+DENSE_COPIES = 6  # n x n float64 blocks alive at once in the recursion (G, M, its Cholesky factor, workspaces)
+CPU_FLOPS = 1e10  # sustained float64 flop/s assumed on a CPU (2 cores, BLAS); CUDA: 20x
+
+
+def available_memory_bytes() -> float:
+    cap = os.environ.get("LIPZOO_MAX_MEMORY_GB")
+    avail = math.inf
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    avail = float(line.split()[1]) * 1024
+                    break
+    except OSError:
+        pass
+    if cap:
+        try:
+            avail = min(avail, float(cap) * 2**30)
+        except ValueError:
+            pass
+    return avail
+
+
+def estimate_cost(shapes: Sequence[tuple[int, ...]], kind: str, ctx: Context, variant: str) -> tuple[float, float]:
+    """(bytes, seconds) a variant needs on an MLP with these (out, in) weight shapes."""
+    wbytes = sum(a * b for a, b in shapes) * 8.0
+    if kind == "lower":
+        samples = float(ctx.opt(variant, "samples", 256)) + float(ctx.opt(variant, "starts", 16)) * 300
+        iters = float(ctx.opt(variant, "power_iters", 30))
+        flops = samples * iters * 4.0 * sum(a * b for a, b in shapes)
+        nbytes = wbytes + 256 * 8.0 * sum(a + b for a, b in shapes) * 4
+    else:
+        n = max(max(a, b) for a, b in shapes)
+        flops = sum(2.0 * a * a * b + 4.0 * a ** 3 for a, b in shapes)
+        nbytes = wbytes + DENSE_COPIES * 8.0 * n * n
+    rate = CPU_FLOPS * (20 if ctx.device.type == "cuda" else 1)
+    return nbytes, flops / rate
+
+
+def weight_shapes(source: Any) -> list[tuple[int, int]] | None:
+    """The 2-D weight shapes of a list of matrices or an .npz file (read from the headers, nothing loaded)."""
+    try:
+        if isinstance(source, list | tuple) and source and all(hasattr(w, "shape") for w in source):
+            shapes = [tuple(int(d) for d in w.shape) for w in source]
+        elif isinstance(source, str | Path) and str(source).lower().endswith(".npz") and Path(source).is_file():
+            import zipfile
+
+            shapes = []
+            with zipfile.ZipFile(source) as z:
+                for info in z.infolist():
+                    if info.filename.startswith("W") and info.filename.endswith(".npy"):
+                        with z.open(info) as fh:
+                            version = np.lib.format.read_magic(fh)
+                            shape = np.lib.format._read_array_header(fh, version)[0]  # type: ignore[attr-defined]
+                        shapes.append(tuple(int(d) for d in shape))
+        else:
+            return None
+    except Exception:  # unreadable: the loader says what is wrong
+        return None
+    return shapes if shapes and all(len(sh) == 2 for sh in shapes) else None
+
+
+def preload_refusals(source: Any, ids: list[str], ctx: Context) -> dict[str, BoundResult] | None:
+    """Every requested variant refused from the shapes alone (the weights would not even fit as float64), or None."""
+    shapes = weight_shapes(source)
+    if not shapes:
+        return None
+
+    out: dict[str, BoundResult] = {}
+    for vid in ids:
+        try:
+            resource_guard(shapes, vid, VARIANTS[vid].kind, ctx)
+        except Refused as e:
+            out[vid] = BoundResult(variant=vid, kind=VARIANTS[vid].kind, status="refused", reason=str(e))
+            continue
+        return None
+    return out
+
+
+def _gib(b: float) -> str:
+    g = b / 2**30
+    return f"{g:.1f}" if g >= 1 else f"{g:.2f}"
+
+
+def resource_guard(shapes: Sequence[tuple[int, ...]], variant: str, kind: str, ctx: Context) -> None:
+    """Raise Refused (with the estimate) when the variant would not fit in memory or (upper bounds) in the
+    time left of the budget."""
+    nbytes, secs = estimate_cost(shapes, kind, ctx, variant)
+    avail = available_memory_bytes()
+    widest = max(max(sh) for sh in shapes)
+    if nbytes > 0.8 * avail:
+        raise Refused(f"needs ~{_gib(nbytes)} GiB (dense float64 work on layers up to {widest} wide) but "
+                      f"{_gib(avail)} GiB is available (LIPZOO_MAX_MEMORY_GB caps it); est. {secs:.0f} s")
+    left = ctx.time_left()
+    # lower bounds stop at the deadline with what they measured (a partial sample is still a lower bound)
+    if kind == "upper" and left is not None and secs > left:
+        raise Refused(f"estimated {secs:.0f} s (layers up to {widest} wide, ~{nbytes / 2**30:.1f} GiB) exceeds "
+                      f"the {left:.0f} s left of the budget")
 
 
 def _soundness_guard(results: dict[str, BoundResult]) -> None:

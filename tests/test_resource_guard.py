@@ -1,0 +1,38 @@
+"""Resource guard: a model whose dense linear algebra would not fit in memory (or, for upper bounds, in the
+budget) is refused from its shapes at once, with the estimate, before anything large is allocated."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+import lipcore
+
+
+def test_a_layer_too_big_for_the_memory_cap_is_refused_at_once_with_its_estimate(monkeypatch):
+    monkeypatch.setenv("LIPZOO_MAX_MEMORY_GB", "0.05")
+    w = [np.ones((3000, 3000), dtype=np.float32), np.ones((1, 3000), dtype=np.float32)]
+    t0 = time.perf_counter()
+    r = lipcore.analyze(w, variants=["naive", "eclipse-fast", "sh-combined"], activation="relu")
+    assert time.perf_counter() - t0 < 1.0
+    for res in r.results.values():
+        assert res.status == "refused" and "GiB" in res.reason and "3000 wide" in res.reason, res.reason
+
+
+def test_an_npz_is_guarded_from_its_headers_and_small_nets_are_untouched(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIPZOO_MAX_MEMORY_GB", "0.05")
+    p = tmp_path / "big.npz"
+    np.savez(p, W1=np.ones((3000, 3000), dtype=np.float32), W2=np.ones((1, 3000), dtype=np.float32))
+    r = lipcore.analyze(str(p), variants=["eclipse-fast"], activation="relu")
+    assert r.results["eclipse-fast"].status == "refused" and "needs ~0.5 GiB" in r.results["eclipse-fast"].reason
+    small = lipcore.analyze([np.eye(4), np.ones((1, 4))], variants=["eclipse-fast", "lower-sampled"],
+                            activation="relu")
+    assert all(x.status == "ok" for x in small.results.values())
+
+
+def test_an_upper_bound_estimated_past_the_budget_is_refused():
+    w = [np.ones((2500, 2500)), np.ones((1, 2500))]
+    r = lipcore.analyze(w, variants=["eclipse-fast"], activation="relu", budget_s=0.5)
+    res = r.results["eclipse-fast"]
+    assert res.status == "refused" and "exceeds the" in res.reason and "left of the budget" in res.reason
