@@ -46,7 +46,8 @@ def _validate_variants(variants: Iterable[str] | None) -> list[str]:
 
 
 def load_target(source: Any, *, activation: str | None = None, slope: Sequence[float] | None = None,
-                input_shape: Sequence[int] | None = None, name: str | None = None) -> Any:
+                input_shape: Sequence[int] | None = None, name: str | None = None, bn_eps: float | None = None
+                ) -> Any:
     """Turn a module, a weight file or a list of matrices into what the variants bound (an MLP or a graph)."""
     from .mlp import loaders
 
@@ -61,7 +62,7 @@ def load_target(source: Any, *, activation: str | None = None, slope: Sequence[f
             except ImportError:
                 raise not_mlp from None
             return graph.build_graph(source, input_shape=input_shape, name=name)
-    return loaders.load(source, activation=activation, slope=slope, name=name).normalised()
+    return loaders.load(source, activation=activation, slope=slope, name=name, bn_eps=bn_eps).normalised()
 
 
 def analyze(
@@ -77,12 +78,14 @@ def analyze(
     options: dict[str, dict[str, Any]] | None = None,
     seed: int = 0,
     progress: Callable[[str, BoundResult], None] | None = None,
+    bn_eps: float | None = None,
 ) -> Report:
     """Bound a model with every requested variant.
 
     `model_or_weights`: a torch.nn.Module, a path (.npz, .mat, .safetensors, .pt), a list of weight
     matrices, or an `MLP`. Files carry no activation: give `activation` ("relu", "leaky_relu:0.1", ...) or
-    `slope=(alpha, beta)`. Raises `InputError` (one line naming the model) when the input cannot be bounded;
+    `slope=(alpha, beta)`. A weight file does not store BatchNorm's eps: give `bn_eps`, else the bound holds
+    for every eps >= 0 and the report's summary names that assumption. Raises `InputError` (one line naming the model) when the input cannot be bounded;
     a variant that declines or fails becomes a `refused`/`failed` result instead, never an exception.
     """
     dev = resolve_device(device)
@@ -95,7 +98,8 @@ def analyze(
     if early is not None:
         return Report(model=name or "model", results=early, device=str(dev), engine_version=ENGINE_VERSION,
                       summary={"layer_shapes": [list(map(int, sh)) for sh in weight_shapes(model_or_weights) or []]})
-    target = load_target(model_or_weights, activation=activation, slope=slope, input_shape=input_shape, name=name)
+    target = load_target(model_or_weights, activation=activation, slope=slope, input_shape=input_shape, name=name,
+                         bn_eps=bn_eps)
     is_graph = not isinstance(target, MLP)
     results: dict[str, BoundResult] = {}
     for vid in ids:

@@ -122,12 +122,17 @@ def test_module_state_dict_with_batchnorm_through_the_cli(capsys, tmp_path: Path
         net[1].running_var.uniform_(0.5, 2.0)
         net[1].weight.uniform_(-2, 2)
     save_file(net.state_dict(), str(tmp_path / "bn.safetensors"), metadata={"activation": "tanh"})
-    rc, out, err = run_cli(capsys, "bound", tmp_path / "bn.safetensors", "-v", "naive", "--json")
+    rc, out, err = run_cli(capsys, "bound", tmp_path / "bn.safetensors", "-v", "naive", "--json", "--bn-eps",
+                           str(net[1].eps))
     assert rc == 0, err
     s = net[1]
     W1 = (s.weight / torch.sqrt(s.running_var + s.eps)).detach().numpy()[:, None] * net[0].weight.detach().numpy()
     want = np.linalg.norm(W1, 2) * np.linalg.norm(net[3].weight.detach().numpy(), 2)
     assert json.loads(out)["results"]["naive"]["value"] == pytest.approx(want, rel=1e-12)
+    # without eps the bound covers every eps >= 0 (eps = 0 scales: never below the eps model's) and says so
+    rc, out, err = run_cli(capsys, "bound", tmp_path / "bn.safetensors", "-v", "naive", "--json")
+    doc = json.loads(out)
+    assert doc["results"]["naive"]["value"] >= want and "does not store eps" in doc["summary"]["assumptions"][0]
 
 
 def test_help_teaches(capsys) -> None:

@@ -453,9 +453,10 @@ def test_state_dict_with_batchnorm_is_folded(tmp_path: Path, fmt: str) -> None:
         from safetensors.torch import save_file
 
         save_file(sd, str(p))
-    mlp = load(p, activation="relu")
+    mlp = load(p, activation="relu", bn_eps=1e-5)  # the eps the modules used (a state dict does not store it)
     assert mlp.widths == [5, 8, 6, 2]
     assert_same_function(mlp, net, 5)
+    assert all("eps = 1e-05 (given)" in a for a in mlp.assumptions)
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "pt"])

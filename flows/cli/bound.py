@@ -97,6 +97,9 @@ def register(subparsers: Any) -> None:
                    help="a variant option, e.g. 'sh-spectral.c_grid=[1.0,1.5]' (VALUE is read as JSON when "
                         "it parses)")
     p.add_argument("--seed", type=int, default=0, help="random seed for the lower bounds and optimizers")
+    p.add_argument("--bn-eps", type=float, metavar="EPS", default=None,
+                   help="BatchNorm eps of the model (state dicts do not store it; else the file's 'bn_eps' metadata, "
+                        "else the bound holds for every eps >= 0 and says so)")
     # let `--slope -0.1,1.1` through: argparse would read the negative pair as an unknown option
     p._negative_number_matcher = re.compile(r"^-\d*\.?\d+(e[-+]?\d+)?(,\s*-?\d*\.?\d+(e[-+]?\d+)?)?$", re.I)
     p.set_defaults(func=run)
@@ -292,6 +295,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = lipcore.analyze(target, variants=ids, device=args.device, activation=args.activation,
                                  slope=slope, budget_s=args.budget, options=options, seed=args.seed,
+                                 bn_eps=args.bn_eps,
                                  progress=progress, input_shape=input_shape, name=Path(args.path).name)
     finally:
         progress.close()

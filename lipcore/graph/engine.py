@@ -51,6 +51,7 @@ branch's activation, so x dies on the fine grid first); the run reports where it
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -543,11 +544,15 @@ class Engine:
         parts = node.attrs["parts"]
         dim = node.attrs["dim"] % (len(node.shape) + 1) - 1
         ts = [self.live[p] for p, _ in parts if p is not None]
+        # a restart's y = join(parts) has ||dy|| <= sqrt(max multiplicity of a part) ||d live||
+        dup = math.sqrt(max(Counter(p for p, _ in parts if p is not None).values()))
+        if node.attrs.get("stack"):
+            return self._restart_node(node, dup, relayout=True)
         ok = (len(ts) == len(parts) and all(t.chan == dim and t.root == ts[0].root and t.r == ts[0].r
                                             and t.point == ts[0].point for t in ts))
         if not ok or self.dry:
             if not ok:
-                return self._restart_node(node, 1.0, like=ts[0])
+                return self._restart_node(node, dup, like=ts[0])
             self.live[node.name] = replace(ts[0], name=node.name, shape=node.shape,
                                            clean=all(t.clean for t in ts))
             return
@@ -556,6 +561,8 @@ class Engine:
         gy = self.grid(y)
         self.live[y.name] = y
         for t in others:
+            if not any(self.linked(p.name, t) for p in ts):
+                continue  # independent since a restart (its grid may be unrelated): no cross storage
             blocks = [self.getP(p.name, t) for p in ts]
             F = max(x.shape[0] for x in blocks)
             self.setP(y.name, t, torch.cat([x.expand(F, -1, -1) for x in blocks], dim=1))

@@ -228,7 +228,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in [
     Kind("reshape", lambda n, m, d: 1.0, _reshape_forward),
     Kind("gather", lambda n, m, d: math.sqrt(n.attrs["multiplicity"]), _gather_forward),
     Kind("add", None, lambda n, xs: n.attrs["coef"][0] * xs[0] + n.attrs["coef"][1] * xs[1], window=True),
-    Kind("cat", None, lambda n, xs: torch.cat(xs, n.attrs["dim"])),
+    Kind("cat", None, lambda n, xs: (torch.stack if n.attrs.get("stack") else torch.cat)(xs, n.attrs["dim"])),
     Kind("norm", lambda n, m, d: n.attrs["lip"], _norm_forward),
     Kind("unsupported", None, None),
 ]}
@@ -768,14 +768,16 @@ for _g in _GATHER:
     PARSERS[_g] = _gather
 
 
-@parser("cat", "concat", "concatenate")
+@parser("cat", "concat", "concatenate", "stack")
 def _cat(c: Call) -> Parsed:
+    """cat (or stack: cat along a new dim) of input-dependent and constant parts: norm^2 = sum of the parts'."""
     ts = c["tensors"]
-    nd = ts[0].dim()
+    stack = c.op == "stack"
+    nd = ts[0].dim() + stack
     dim = _dim(c["dim"], nd)
     if dim == 0:
         return Refuse("concatenates along the batch dimension")
-    return Emit("cat", ["tensors"], {"dim": dim})
+    return Emit("cat", ["tensors"], {"dim": dim, "stack": stack})
 
 
 # -- normalisation layers: globally Lipschitz only through eps (a vacuous bound) -------------------------------

@@ -225,6 +225,7 @@ class _Builder:
             return
         if parsed.kind == "cat":
             return self.cat(name, op, shape, c, parsed.attrs["dim"])
+
         raw = [t for a in parsed.args for t in c.tainted[a]]
         attrs = {"in_shape": c.in_shape(parsed.args[0]), **parsed.attrs}
         self.add(Node(name, parsed.kind, [self.src(t) for t in raw], shape, attrs, op))
@@ -256,7 +257,7 @@ class _Builder:
         if None in fx_parts:
             return self.bad(name, op, shape, [p for p, _ in parts if p], "concatenates a literal tensor", ops.UNKNOWN)
         attrs = {"in_shape": next(s for p, s in parts if p is not None), "dim": dim, "parts": parts,
-                 "fx_parts": fx_parts}
+                 "fx_parts": fx_parts, "stack": c.op == "stack"}
         self.add(Node(name, "cat", [p for p, _ in parts if p is not None], shape, attrs, op))
         self.checks.append((name, name, fx_parts))
 
@@ -398,7 +399,8 @@ def _verify(b: _Builder, env1: dict[str, Any], env2: dict[str, Any]) -> None:
         if node is None:  # an alias of its argument
             f1, f2 = env1[raw[0]], env2[raw[0]]
         elif node.op == "cat":
-            f1, f2 = (torch.cat([e[fx] for fx in raw], node.attrs["dim"]) for e in (env1, env2))
+            join = torch.stack if node.attrs.get("stack") else torch.cat
+            f1, f2 = (join([e[fx] for fx in raw], node.attrs["dim"]) for e in (env1, env2))
         else:
             try:
                 f1 = ops.replay(node, [env1[i] for i in raw])

@@ -37,7 +37,6 @@ from ..errors import InputError
 from .network import MLP
 
 FORMATS = (".npz", ".mat", ".safetensors", ".pt", ".pth", ".bin", ".npy")
-BN_EPS = 1e-5  # torch's BatchNorm1d default; a state dict does not store eps
 _MISSING_ACT = ("the file does not record the activation: pass --activation NAME (e.g. relu, tanh, "
                 "leaky_relu:0.1) or --slope A,B")
 
@@ -65,12 +64,15 @@ class _Diag:  # y = s * x + t (BatchNorm1d in eval mode)
     s: np.ndarray
     t: np.ndarray
     where: str
+    note: str | None = None  # an assumption the bound rests on (a fact the file does not store)
 
 
 @dataclass
 class _Act:
     act: Activation | None  # None: the activation comes later (state dicts)
     where: str
+    pre: Activation | None = None  # known maps composed before / after an activation that comes later
+    post: Activation | None = None
 
 
 _Op = _Lin | _Diag | _Act
@@ -135,6 +137,19 @@ def _compose(first: Activation | None, second: Activation | None) -> Activation 
     return Activation(f"{first.name}>{second.name}", min(corners), max(corners), fn)
 
 
+def _merge_acts(a: _Act, b: _Act) -> _Act:
+    """Two elementwise maps in a row are one; a known one beside a slot still to be named is kept beside it."""
+    where = f"{a.where}+{b.where}"
+    if a.act is not None and b.act is not None:
+        return _Act(_compose(a.act, b.act), where)
+    if a.act is None and b.act is None:
+        raise InputError(where, "two activations in a row whose kinds are both unknown")
+    if b.act is None:
+        return _Act(None, where, pre=a.act if a.pre is None else _compose(a.pre, a.act), post=b.post)
+    post = b.act if a.post is None else _compose(a.post, b.act)
+    return _Act(None, where, pre=a.pre, post=post)
+
+
 def _assemble(src: str, ops: list[_Op]) -> tuple[list[_Lin], list[_Act]]:
     """Reduce a chain to the MLP shape Linear (act Linear)*; see the module docstring for the rules."""
     items: list[_Lin | _Act] = []
@@ -146,7 +161,7 @@ def _assemble(src: str, ops: list[_Op]) -> tuple[list[_Lin], list[_Act]]:
                 group = []
             if items and isinstance(items[-1], _Act):
                 prev = items.pop()
-                items.append(_Act(_compose(prev.act, op.act), f"{prev.where}+{op.where}"))  # type: ignore[union-attr]
+                items.append(_merge_acts(prev, op))
             else:
                 items.append(op)
         else:
@@ -351,6 +366,40 @@ def _fx_ops(src: str, module: nn.Module) -> list[_Op]:
     return ops
 
 
+def _refuse_hooks(src: str, module: nn.Module) -> None:
+    """Hooks change what a module computes without showing in its layer list: the graph engine traces them."""
+    from torch.nn.modules import module as torch_module
+
+    if any(getattr(torch_module, g, None) for g in ("_global_forward_hooks", "_global_forward_pre_hooks")):
+        raise NotAnMLP(src, "global forward hooks are registered: the module is traced as a graph instead")
+    for where, m in module.named_modules():
+        if m._forward_hooks or m._forward_pre_hooks:
+            raise NotAnMLP(src, f"module '{where or type(m).__name__}' has forward hooks: traced as a graph instead")
+
+
+def _check_reproduces(src: str, module: nn.Module, mlp: MLP, input_shape: Sequence[int] | None) -> None:
+    """What is bounded must be what the module computes: the chain read from it must reproduce its eval-mode
+    output on random inputs (float64). Otherwise it is not a plain chain (NotAnMLP: the graph engine traces it)."""
+    import copy
+
+    n0 = mlp.widths[0]
+    shape = tuple(int(d) for d in input_shape) if input_shape else (n0,)
+    if math.prod(shape) != n0:
+        return  # the caller reports the shape mismatch
+    try:
+        m = copy.deepcopy(module).eval().to(torch.float64)
+        x = torch.randn(4, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            want = m(x).reshape(4, -1)
+            got = mlp.torch_callable()(x.reshape(4, -1))
+    except Exception:  # noqa: BLE001 - a module that cannot run on this shape: the static reading stands
+        return
+    err = float((want - got).norm() / max(float(want.norm()), 1e-300))
+    if want.shape != got.shape or not err <= 1e-6:
+        raise NotAnMLP(src, f"the Linear/activation chain read from the module does not reproduce its output "
+                            f"(relative error {err:.2g}): traced as a graph instead")
+
+
 def mlp_from_module(module: nn.Module, name: str | None = None,
                     input_shape: Sequence[int] | None = None) -> MLP:
     """The MLP computing `module`'s eval-mode function (BatchNorm folded, Dropout ignored), exactly.
@@ -359,12 +408,14 @@ def mlp_from_module(module: nn.Module, name: str | None = None,
     hand the module to the graph engine instead.
     """
     src = name or type(module).__name__
+    _refuse_hooks(src, module)
     ops = _sequential_ops(src, module) if _plain_sequential(module) else None
     if ops is None:
         _precheck_leaves(src, module)
         ops = _fx_ops(src, module)
     lins, acts = _assemble(src, ops)
     mlp = _build(src, src, lins, [a.act for a in acts])  # type: ignore[misc]
+    _check_reproduces(src, module, mlp, input_shape)
     if input_shape is not None:
         n0 = mlp.widths[0]
         shape = tuple(int(d) for d in input_shape)
@@ -456,7 +507,8 @@ def _from_weight_lists(src: str, weights: Any, biases: Any | None) -> list[_Op]:
     return ops
 
 
-def _from_state_dict(src: str, sd: Mapping[str, Any], ordered: bool = True) -> list[_Op]:
+def _from_state_dict(src: str, sd: Mapping[str, Any], ordered: bool = True, bn_eps: float | None = None
+                     ) -> list[_Op]:
     """Linear (2-D '*.weight') and BatchNorm1d ('*.running_mean'/'*.running_var') groups, natural order."""
     groups: dict[str, dict[str, Any]] = {}
     for key, val in sd.items():
@@ -476,13 +528,28 @@ def _from_state_dict(src: str, sd: Mapping[str, Any], ordered: bool = True) -> l
             if extra:
                 raise InputError(src, f"unexpected tensor '{full(sorted(extra)[0])}' in BatchNorm1d '{prefix}'")
             var = _array(src, full("running_var"), g["running_var"]).reshape(-1)
-            s = 1.0 / np.sqrt(var + BN_EPS)
+            eps = 0.0 if bn_eps is None else float(bn_eps)
+            if not (math.isfinite(eps) and eps >= 0):
+                raise InputError(src, f"bn_eps must be a finite number >= 0, got {bn_eps!r}")
+            if bool((var + eps <= 0).any()):
+                raise InputError(src, f"BatchNorm1d '{prefix}' has running_var <= 0 and eps {eps:g}: no finite "
+                                      "Lipschitz constant (pass the model's eps with bn_eps=...)")
+            s = 1.0 / np.sqrt(var + eps)
             if "weight" in g:
                 s = s * _array(src, full("weight"), g["weight"]).reshape(-1)
             t = -_array(src, full("running_mean"), g["running_mean"]).reshape(-1) * s
             if "bias" in g:
                 t = t + _array(src, full("bias"), g["bias"]).reshape(-1)
-            ops.append(_Diag(s, t, prefix))
+            if bn_eps is None:
+                # eps unknown: the model's scales are s0*e_i with e_i = sqrt(var/(var+eps)) in (0, 1]. Bounding
+                # the eps = 0 scales followed by an unknown fixed gain in [0, 1] per feature (a [0, 1] sector)
+                # holds for every eps >= 0 the model could have used.
+                note = (f"BatchNorm1d '{prefix}': the file does not store eps; bounded for every eps >= 0 (eps = 0 "
+                        "scales times an unknown gain in [0, 1]); pass bn_eps to bound the exact model")
+                ops.append(_Diag(s, t, prefix, note))
+                ops.append(_Act(Activation("bn_eps_gain[0,1]", 0.0, 1.0, lambda x: x), prefix))
+            else:
+                ops.append(_Diag(s, t, prefix, f"BatchNorm1d '{prefix}': eps = {eps:g} (given)"))
             continue
         if "weight" not in g:
             leaf = sorted(g)[0]
@@ -510,15 +577,16 @@ def _from_state_dict(src: str, sd: Mapping[str, Any], ordered: bool = True) -> l
 _WB = re.compile(r"^([WwBb])_?(\d+)$")
 
 
-def _state_dict_ops(src: str, sd: Mapping[str, Any], ordered_source: bool) -> list[_Op]:
+def _state_dict_ops(src: str, sd: Mapping[str, Any], ordered_source: bool, bn_eps: float | None = None
+                    ) -> list[_Op]:
     """Natural key order, or the file's own order when only that one chains; both chaining differently is an error."""
-    natural = _from_state_dict(src, sd, ordered=True)
+    natural = _from_state_dict(src, sd, ordered=True, bn_eps=bn_eps)
     natural_error: InputError | None = None
     try:
         _assemble(src, natural)
     except InputError as e:
         natural_error = e
-    stored = _from_state_dict(src, sd, ordered=False) if ordered_source else natural
+    stored = _from_state_dict(src, sd, ordered=False, bn_eps=bn_eps) if ordered_source else natural
     if [op.where for op in stored] == [op.where for op in natural]:
         if natural_error is not None:
             raise natural_error
@@ -543,13 +611,14 @@ def _state_dict_ops(src: str, sd: Mapping[str, Any], ordered_source: bool) -> li
     raise natural_error
 
 
-def _from_arrays_dict(src: str, d: Mapping[str, Any], ordered_source: bool = True) -> list[_Op]:
+def _from_arrays_dict(src: str, d: Mapping[str, Any], ordered_source: bool = True, bn_eps: float | None = None
+                      ) -> list[_Op]:
     """Dispatch on the key scheme: W1..WL/b1..bL, 'weights'(+'biases'), arr_0.., or a state dict."""
     keys = list(d)
     if not keys:
         raise InputError(src, "no arrays in the file")
     if any(k.endswith(("weight", "running_mean")) and (k == "weight" or "." in k) for k in keys):
-        return _state_dict_ops(src, {k: v for k, v in d.items() if _is_arraylike(v)}, ordered_source)
+        return _state_dict_ops(src, {k: v for k, v in d.items() if _is_arraylike(v)}, ordered_source, bn_eps)
     wb = {k: _WB.match(k) for k in keys}
     if any(m and m.group(1) in "Ww" for m in wb.values()):
         Ws = {int(m.group(2)): d[k] for k, m in wb.items() if m and m.group(1) in "Ww"}
@@ -676,6 +745,8 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Any], str | None]:
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
         tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if "bn_eps" in meta:
+        tensors["bn_eps"] = meta["bn_eps"]
     return tensors, meta.get("activation")
 
 
@@ -694,8 +765,10 @@ def _read_torch(path: Path) -> tuple[dict[str, Any], str | None]:
                                "instead, or pass the module to lipcore.analyze") from None
         raise
     act = None
+    eps = None  # BatchNorm eps, when the checkpoint records it (key 'bn_eps')
     if isinstance(obj, Mapping):
         act = _meta_activation(obj.get("activation"))
+        eps = obj.get("bn_eps")
         if not any(_is_arraylike(v) for v in obj.values()):
             inner = next((obj[k] for k in _CKPT_KEYS if isinstance(obj.get(k), Mapping | list | tuple)), None)
             if inner is None:
@@ -706,7 +779,9 @@ def _read_torch(path: Path) -> tuple[dict[str, Any], str | None]:
     if isinstance(obj, torch.Tensor):
         return {"arr_0": obj}, act
     if isinstance(obj, Mapping):
-        return {str(k): v for k, v in obj.items() if _is_arraylike(v)}, act
+        out = {str(k): v for k, v in obj.items() if _is_arraylike(v) and k != "bn_eps"}
+        eps = obj.get("bn_eps", eps)
+        return ({**out, "bn_eps": eps} if eps is not None else out), act
     raise _FileProblem(f"unexpected top-level object {type(obj).__name__}; expected a state dict")
 
 
@@ -776,12 +851,35 @@ def _mlp_from_ops(src: str, name: str, ops: list[_Op], activation: Any, slope: A
             raise InputError(src, f"{e.problem} (the matrices look stored as in x out; lipzoo expects out x in "
                                   "as torch.nn.Linear stores them: transpose them)") from None
         raise
-    acts = _resolve_activations(src, len(slots), activation, slope, stored)
-    return _build(src, name, lins, acts)
+    unknown = [s for s in slots if s.act is None]
+    named = iter(_resolve_activations(src, len(unknown), activation, slope, stored))
+    acts = []
+    for s in slots:
+        a = s.act if s.act is not None else next(named)
+        if s.pre is not None:
+            a = _compose(s.pre, a)
+        if s.post is not None:
+            a = _compose(a, s.post)
+        acts.append(a)
+    mlp = _build(src, name, lins, acts)
+    mlp.assumptions = [op.note for op in ops if isinstance(op, _Diag) and op.note]
+    return mlp
+
+
+def _stored_eps(src: str, stored: Any, given: float | None) -> float | None:
+    """BatchNorm eps: the argument, else what the file stores (key/metadata `bn_eps`), else None (unknown)."""
+    if given is not None:
+        return float(given)
+    if stored is None:
+        return None
+    try:
+        return float(np.asarray(stored, dtype=np.float64).reshape(-1)[0] if not isinstance(stored, str) else stored)
+    except (TypeError, ValueError, IndexError):
+        raise InputError(src, f"bn_eps stored in the file is not a number: {stored!r}") from None
 
 
 def load(source: Any, activation: str | Activation | Sequence[Any] | None = None,
-         slope: Sequence[float] | str | None = None, name: str | None = None) -> MLP:
+         slope: Sequence[float] | str | None = None, name: str | None = None, bn_eps: float | None = None) -> MLP:
     """An MLP from a weight file path, a list/tuple of arrays, a dict of arrays, an nn.Module, or an MLP.
 
     Files: .npz (W1..WL out x in, optional b1..bL; or a 'weights' object array), ECLipsE .mat (cell array
@@ -823,13 +921,15 @@ def load(source: Any, activation: str | Activation | Sequence[Any] | None = None
             raise InputError(src, f"cannot read {what}: out of memory") from None
         except Exception as e:  # every library has its own corrupt-file exception; one line for the user
             raise InputError(src, f"cannot read {what} (corrupt or truncated?): {_first_line(e)}") from None
-        ops = _from_arrays_dict(src, data, ordered_source=suffix != ".safetensors")  # safetensors sorts its keys
+        eps = _stored_eps(src, data.pop("bn_eps", None), bn_eps)
+        ops = _from_arrays_dict(src, data, ordered_source=suffix != ".safetensors", bn_eps=eps)  # safetensors sorts
         return _mlp_from_ops(src, name, ops, activation, slope, stored)
     src = name or "weights"
     if isinstance(source, Mapping):
         data = dict(source)
         stored = _meta_activation(data.pop("activation", None))
-        return _mlp_from_ops(src, src, _from_arrays_dict(src, {str(k): v for k, v in data.items()}),
+        eps = _stored_eps(src, data.pop("bn_eps", None), bn_eps)
+        return _mlp_from_ops(src, src, _from_arrays_dict(src, {str(k): v for k, v in data.items()}, bn_eps=eps),
                              activation, slope, stored)
     if isinstance(source, list | tuple):
         if not source:

@@ -16,6 +16,8 @@ import torch
 from ..activations import Activation
 from ..errors import InputError
 
+SYMMETRIC_WIDEN = 1e-6
+
 
 @dataclass
 class MLP:
@@ -25,6 +27,7 @@ class MLP:
     activations: list[Activation]
     biases: list[np.ndarray | None] = field(default_factory=list)
     name: str = "model"
+    assumptions: list[str] = field(default_factory=list)  # facts the bound rests on that the source did not give
 
     def __post_init__(self) -> None:
         self.weights = [np.asarray(w, dtype=np.float64) for w in self.weights]
@@ -88,6 +91,7 @@ class MLP:
             "slopes": sorted({(a.alpha, a.beta) for a in self.activations}),
             "params": self.n_params,
             "input_space": "raw input (the first Linear layer's input)",
+            **({"assumptions": list(self.assumptions)} if self.assumptions else {}),
         }
 
     # -- torch forward for the lower bounds ------------------------------------------------------------
@@ -108,6 +112,32 @@ class MLP:
             return x
 
         return f
+
+    def normalised(self) -> MLP:
+        """The same function in the form every recursion variant can run on (exactly, or on a superset class):
+
+        * an activation with alpha == beta is linear (phi(x) = alpha x + const): its two layers are multiplied
+          out (a constant activation, alpha = beta = 0, makes the network constant);
+        * a symmetric sector alpha = -beta < 0 has m = 0, where the recursion's Gram matrix vanishes: beta is
+          widened by `SYMMETRIC_WIDEN` (relative); every activation of the narrower class is in the wider one.
+        """
+        Ws, bs, acts = [self.weights[0]], [self.biases[0]], []
+        for k, act in enumerate(self.activations, start=1):
+            W, b = self.weights[k], self.biases[k]
+            if act.linear:  # W phi(W' x + b') + b = a W W' x + W (a b' + phi(0)) + b
+                c0 = float(act.torch_fn()(torch.zeros(1, dtype=torch.float64))[0])
+                shift = act.alpha * (bs[-1] if bs[-1] is not None else 0.0) + c0
+                bs[-1] = W @ (shift * np.ones(W.shape[1]) if np.isscalar(shift) else shift) + (0.0 if b is None else b)
+                Ws[-1] = act.alpha * (W @ Ws[-1])
+                continue
+            if act.alpha < 0 and act.alpha + act.beta == 0:
+                act = Activation(act.name, act.alpha, act.beta * (1 + SYMMETRIC_WIDEN), act.fn)
+            Ws.append(W)
+            bs.append(b)
+            acts.append(act)
+        if len(Ws) == len(self.weights) and acts == list(self.activations):
+            return self
+        return MLP(Ws, acts, bs, self.name, list(self.assumptions))
 
     @classmethod
     def from_arrays(cls, weights: Sequence[np.ndarray], activation: Activation | Sequence[Activation],
