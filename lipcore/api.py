@@ -86,7 +86,8 @@ def analyze(
     matrices, or an `MLP`. Files carry no activation: give `activation` ("relu", "leaky_relu:0.1", ...) or
     `slope=(alpha, beta)`. A weight file does not store BatchNorm's eps: give `bn_eps`, else the bound holds
     for every eps >= 0 and the report's summary names that assumption. Raises `InputError` (one line naming
-    the model) when the input cannot be bounded; a variant that declines or fails becomes a `refused`/`failed` result instead, never an exception.
+    the model) when the input cannot be bounded; a variant that declines or fails becomes a `refused`/`failed`
+    result instead, never an exception.
     """
     dev = resolve_device(device)
     ids = _validate_variants(variants)
