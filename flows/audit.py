@@ -164,7 +164,13 @@ def _discover(zoo: Zoo) -> tuple[list[tuple[ModelRef, Entry]], list[tuple[Unreso
                     seen.add(f"{entry.hub}:{what}")
                     bad.append((Unresolved(entry.hub, what, f"discovery failed: {one_line(exc)}"), entry))
             continue
-        for item in fut.result():
+        items = fut.result()
+        if not items:  # a pattern / author / folder that matches nothing is an error, not "0 audited"
+            for what in _entry_ids(entry):
+                why = "matched no model" + (" (HF_HUB_OFFLINE: only repos in the local cache are listed)"
+                                            if entry.hub == "hf" and os.environ.get("HF_HUB_OFFLINE") else "")
+                bad.append((Unresolved(entry.hub, what, why), entry))
+        for item in items:
             if item.model_id in seen:
                 continue  # listed by two entries: the first one's settings win
             seen.add(item.model_id)

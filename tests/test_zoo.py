@@ -124,3 +124,12 @@ def test_a_failed_discovery_records_the_real_model_ids():
     e = Entry("hf", {"repos": ["org/a", "org/b"]}, Settings(variants=("naive",)), "hf#1")
     assert _entry_ids(e) == ["org/a", "org/b"]
     assert _entry_ids(Entry("timm", {"models": "resnet1*"}, Settings(variants=("naive",)), "timm#1")) == ["resnet1*"]
+
+
+def test_an_entry_that_discovers_nothing_fails_the_audit(tmp_path, prefect_harness):
+    from flows.audit import AuditFailed, audit_zoo
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(AuditFailed, match="local:empty: matched no model"):
+        audit_zoo({"name": "t", "variants": ["naive"], "models": [{"hub": "local", "path": str(tmp_path / "empty")}]},
+                  catalog=str(tmp_path / "c.duckdb"), device="cpu")
