@@ -7,7 +7,7 @@
   sh-combined is the minimum over the members and naive, so sh-combined <= eclipse-fast <= naive holds.
 
 Each value is certified: Cholesky checks of every per-frequency M block, lambda_max bounds certified by
-Cholesky, never power iteration alone. The Syed-Hu rules are reconstructed (MATH.md section 0).
+Cholesky, never power iteration alone. The Syed-Hu rules are reconstructed (docs/theory.md §0).
 """
 
 from __future__ import annotations

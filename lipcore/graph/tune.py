@@ -1,4 +1,4 @@
-"""Tuned per-channel multipliers for traced models (the graph `optimized` variant, MATH section 5).
+"""Tuned per-channel multipliers for traced models (the graph `optimized` variant, theory §5).
 
 Parameterisation (as for MLPs): at every activation k, Lambda_k = c_k U_k / lambda_max(U_k^1/2 Gamma_k U_k^1/2)
 with one U entry per channel, c_k = 2 sigmoid(a_k) in (0, 2) and U_k = exp(z_k). Every such Lambda is admissible

@@ -1,4 +1,4 @@
-"""The ECLipsE random-network benchmark (DESIGN §5, MATH §8), rebuilt bit-for-bit from its published generator.
+"""The ECLipsE random-network benchmark (docs/theory.md §8), rebuilt bit-for-bit from its published generator.
 
 Why here: tests, benchmarks and the SDP baselines all need the same reference nets, and the eclipse-nn package
 does not ship its benchmark generator (its `generate_random_weights` is a torch demo with other seeds). Two

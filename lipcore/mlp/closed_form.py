@@ -1,10 +1,10 @@
 """Closed-form bound variants: naive, ECLipsE-Fast and the Syed–Hu family (SN, Gershgorin, Shift, combined).
 
 Why these shapes: each member is one rule for the diagonal multipliers of the certified recursion
-(`lipcore.recursion`); a single member with a fixed c is data dependent and can exceed naive (MATH §4), so each
+(`lipcore.recursion`); a single member with a fixed c is data dependent and can exceed naive (theory §4), so each
 member reports its best c over a grid in its admissible range, and `sh_combined` takes the minimum of everything
 computed in this analyze() call (members, per-layer greedy mixing, ECLipsE-Fast = SN(1), naive). The Syed–Hu rules
-are reconstructed from the paper's abstract and a third-party implementation (MATH §0), each proven valid here.
+are reconstructed from the paper's abstract and a third-party implementation (theory §0), each proven valid here.
 
 `ctx.memo["traj"]` maps a trajectory name to its certified `Trajectory`: sh_combined reuses the members' runs and
 `optimized` warm-starts from the best one.
@@ -133,7 +133,7 @@ def sh_combined(net: MLP, ctx: Context) -> tuple[float, dict[str, Any]]:
 
     Each entry is a valid bound, so the minimum is; SN(1) = ECLipsE-Fast is always included (≤ ECLipsE-Fast) and
     naive is in the min (never above naive). The greedy trajectory picks per layer the candidate with the best
-    one-step look-ahead (MATH §5).
+    one-step look-ahead (theory §5).
     """
     greedy = ctx.opt("sh-combined", "greedy", True) and "greedy" not in _memo(ctx)
     cands = _parse_candidates(ctx.opt("sh-combined", "candidates", GREEDY_CANDIDATES)) if greedy else []

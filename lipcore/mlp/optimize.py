@@ -1,7 +1,7 @@
-"""`optimized`: SDP-free tuning of the diagonal multipliers by gradient descent through the recursion (MATH §5).
+"""`optimized`: SDP-free tuning of the diagonal multipliers by gradient descent through the recursion (theory §5).
 
 Why this parameterisation: every admissible Λ_k is Λ_k = c_k U_k / λ_max(U_k^{1/2} Γ̂'_k U_k^{1/2}) with
-c_k ∈ (0, 2), U_k ≻ 0 diagonal (MATH §2), so Adam on (a_k, z_k) with c_k = 2σ(a_k), U_k = e^{z_k} never leaves
+c_k ∈ (0, 2), U_k ≻ 0 diagonal (theory §2), so Adam on (a_k, z_k) with c_k = 2σ(a_k), U_k = e^{z_k} never leaves
 the feasible set and needs no projection. Γ̂'_k = (β−α)² W_k M_{k-1}^{-1} W_kᵀ is the Schur form (recursion module
 docstring): admissible for the full recursion *with* the p-term for any slopes, so general activations (leaky,
 SiLU) are covered; for ReLU it is the ECLipsE normalisation. The run is warm-started from the best certified

@@ -1,4 +1,4 @@
-"""The sequential LipSDP-Neuron recursion (MATH §2) with pluggable diagonal multiplier rules, certified as it runs.
+"""The sequential LipSDP-Neuron recursion (theory §2) with pluggable diagonal multiplier rules, certified as it runs.
 
 Why one generic recursion: every closed-form bound (ECLipsE-Fast, the Syed–Hu members, greedy mixing) and the
 optimizer's certificate are the same Schur-complement recursion with a different rule for Λ_k. Running them all
@@ -6,12 +6,12 @@ through one code path (torch float64, on the context's device) means one place t
 
 * per layer the Gram matrix Γ̂_k = coef·W_k M_{k-1}^{-1} W_k^T comes from a Cholesky factor and a triangular
   solve (never an explicit inverse), and is renormalised by its largest diagonal entry; the scale is kept as a
-  log accumulator (every rule is homogeneous of degree −1, MATH §2), so 100-layer nets neither under- nor overflow;
+  log accumulator (every rule is homogeneous of degree −1, theory §2), so 100-layer nets neither under- nor overflow;
 * λ_max only of symmetric matrices (eigvalsh, or a converged Lanczos estimate for large layers whose
   admissibility is then enforced by the Cholesky check anyway);
 * certification in-line: after Λ_k is chosen, M_k (and S_{k-1} when the p-term is kept) is Jacobi-scaled and
   factorised with a relative shift τ(n) ≥ the Cholesky backward-error bound. Success proves the exact matrix PD;
-  the recursion then *continues with the shifted matrix* M_k − τ·diag(M_k) ⪯ M_k, which by monotonicity (MATH §2)
+  the recursion then *continues with the shifted matrix* M_k − τ·diag(M_k) ⪯ M_k, which by monotonicity (theory §2)
   can only increase the final value. So the number a trajectory returns is exactly what `certify` recomputes
   from its Λ sequence, and it is an upper bound for that sequence with the floating-point error covered.
 
@@ -21,7 +21,7 @@ General slopes [α, β] (p = αβ, m = (α+β)/2):
 * any p, mode "schur": Λ is admissible for the full recursion with the p-term iff
   M_{k-1} − ((β−α)²/2) Wᵀ Λ W ≻ 0 (Schur complement of the 2×2 block of Z the other way round), i.e. iff
   λ_max(Λ^{1/2} Γ̂' Λ^{1/2}) < 2 with Γ̂' = (β−α)² W M^{-1} W^T. Every rule applied to Γ̂' is therefore
-  admissible for αβ < 0 too; halving backtracking (MATH §5) stays as the rounding fallback.
+  admissible for αβ < 0 too; halving backtracking (theory §5) stays as the rounding fallback.
 """
 
 from __future__ import annotations
@@ -213,7 +213,7 @@ class LayerCache:
 
 @dataclass(frozen=True)
 class Rule:
-    """A closed-form diagonal multiplier rule Λ = rule(Γ̂), homogeneous of degree −1 (MATH §4).
+    """A closed-form diagonal multiplier rule Λ = rule(Γ̂), homogeneous of degree −1 (theory §4).
 
     kind: "sn" (Λ = c/λ_max(Γ̂)·I, 0<c<2), "gc" (Λ_ii = c/Σ_j|Γ̂_ij|, 0<c<2),
     "shift" (Λ_ii = 1/(Γ̂_ii/2 + c·s), s = ‖offdiag(Γ̂)/2‖₂ ("norm"), λ_max(offdiag(Γ̂)/2) ("eig") or its
@@ -329,7 +329,7 @@ class Recursion:
     # -- per layer ---------------------------------------------------------------------------------------------
     def mode(self, k: int) -> str:
         """drop: rule on (α+β)²WM⁻¹Wᵀ (p ≥ 0); schur: rule on (β−α)²WM⁻¹Wᵀ (admissible for any p);
-        backtrack (αβ < 0 only): rule on (α+β)²WM⁻¹Wᵀ, then Λ ← 0.7Λ until S and M certify (MATH §5)."""
+        backtrack (αβ < 0 only): rule on (α+β)²WM⁻¹Wᵀ, then Λ ← 0.7Λ until S and M certify (theory §5)."""
         return "drop" if self.slopes[k].p >= 0 else self.neg_mode
 
     def gram(self, k: int, coef: float, R: torch.Tensor | None = None, normalise: bool = False
@@ -393,7 +393,7 @@ class Recursion:
         self.k += 1
 
     def step_with(self, choose: Callable[[LayerCache], tuple[torch.Tensor, float, str]]) -> None:
-        """One layer: Γ̂_k, Λ_k = choose(Γ̂_k), certify; on a failed check halve Λ (MATH §5 backtracking)."""
+        """One layer: Γ̂_k, Λ_k = choose(Γ̂_k), certify; on a failed check halve Λ (theory §5 backtracking)."""
         self.check()
         g, d = self.layer_gram()
         lam, margin, name = choose(LayerCache(g))
@@ -402,7 +402,7 @@ class Recursion:
 
     def finish_backtracking(self, lam: torch.Tensor, g: torch.Tensor, d: float
                             ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """`finish`, shrinking Λ on a failed check (MATH §5 backtracking): (the Λ that certified, M̄_k)."""
+        """`finish`, shrinking Λ on a failed check (theory §5 backtracking): (the Λ that certified, M̄_k)."""
         for _ in range(MAX_BACKTRACK):
             try:
                 return lam, self.finish(lam, g, d)
@@ -486,7 +486,7 @@ def certify_log(net: MLP, log_lambdas: Sequence[np.ndarray], *, device: torch.de
 
 
 def certify(net: MLP, lambdas: list[np.ndarray]) -> float:
-    """Certified L̂ for raw diagonal multipliers Λ_1..Λ_{L-1} in MATH §2's normalisation, or CertificationError.
+    """Certified L̂ for raw diagonal multipliers Λ_1..Λ_{L-1} in theory §2's normalisation, or CertificationError.
 
     M_0 = I, S_{k-1} = M_{k-1} + 2p W_kᵀΛ_kW_k, Γ̂_k = (α+β)² W_k S_{k-1}^{-1} W_kᵀ, M_k = 2Λ_k − Λ_kΓ̂_kΛ_k,
     L̂ = sqrt(λ_max(W_L M_{L-1}^{-1} W_Lᵀ)). The p-term is kept (valid for p > 0, required for p < 0). Every
@@ -533,7 +533,7 @@ BATCH_BYTES = 256 * 2**20  # candidate batches above this (K·n²·8 bytes, seve
 def run_greedy(net: MLP, candidates: Sequence[Rule], *, device: torch.device | str = "cpu", keep_p: bool = True,
                check: Callable[[], None] | None = None, power_iters: int = 4, full_every: int = 4,
                top_k: int = 2) -> Trajectory:
-    """Per-layer greedy mixing (MATH §5): keep the candidate minimising the look-ahead λ_max(W_{k+1}M_k^{-1}W_{k+1}ᵀ).
+    """Per-layer greedy mixing (theory §5): keep the candidate minimising the look-ahead λ_max(W_{k+1}M_k^{-1}W_{k+1}ᵀ).
 
     Candidates are compared with p dropped (p ≥ 0) by a Rayleigh–Ritz estimate of the look-ahead on one shared probe
     block (exact at the output layer); only the chosen one is finished with the p-term, and every committed M_k

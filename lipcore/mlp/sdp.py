@@ -1,9 +1,9 @@
 """SDP baselines: LipSDP-Neuron, LipSDP-Layer (Fazlyab et al. 2019) and ECLipsE (Xu & Sivaranjani 2024).
 
 Why these are here although the project's point is to avoid SDPs: they are the reference the closed-form and
-optimised bounds are measured against (MATH §3), on nets small enough for a solver.
+optimised bounds are measured against (theory §3), on nets small enough for a solver.
 
-Three rules keep the numbers honest (MATH §7.4–7.5):
+Three rules keep the numbers honest (theory §7.4–7.5):
 
 * **Balance first.** Each W_k is divided by the ECLipsE-Fast stage scale a_k, so the balanced net's Fast
   recursion has λ_max(Γ̂_k) = 1 at every layer and the solver sees O(1) data. Exact by homogeneity: every
@@ -12,7 +12,7 @@ Three rules keep the numbers honest (MATH §7.4–7.5):
 * **Certify.** The solver's ρ is never reported. Its multipliers (Λ_k = T_k/ρ for LipSDP, ECLipsE's own
   Λ_k = L_k/2 sequence) are mapped back to the raw net and handed to `recursion.certify`, which re-runs the
   exact Schur-complement recursion with Cholesky checks. If rounding makes a check fail, Λ is backed off
-  (Λ ← tΛ, t < 1, which can only make every M_k more positive, MATH §2 monotonicity); the solver value goes to
+  (Λ ← tΛ, t < 1, which can only make every M_k more positive, theory §2 monotonicity); the solver value goes to
   params as `solver_value`.
 * **Guard the size.** Interior-point cost grows like the fifth-to-sixth power of the chordal clique size
   (n_{k-1} + n_k); beyond the limits below a variant is refused with the numbers, pointing at `optimized`.
@@ -35,7 +35,7 @@ SDP_EXTRA = "needs the sdp extra: pip install 'lipzoo[sdp]'"
 
 # Size guard. Interior-point cost grows like the fifth-to-sixth power of the chordal clique size (two adjacent
 # widths): estimated seconds = SECONDS_PER_CLIQUE40 · Σ_k ((n_{k-1} + n_k)/40)^5, calibrated on this 2-core box
-# (MATH §6 and benchmarks/README.md: LipSDP-Neuron 30×20 ≈ 26 s, 3×40 ≈ 25 s, 5×40 ≈ 150 s, 3×60 ≈ 3 min; ECLipsE's
+# (theory §6 and benchmarks/README.md: LipSDP-Neuron 30×20 ≈ 26 s, 3×40 ≈ 25 s, 5×40 ≈ 150 s, 3×60 ≈ 3 min; ECLipsE's
 # per-layer SDPs cost about the same per clique). Both limits are overridable per variant with
 # ctx.opt(variant, "max_neurons" | "max_seconds", ...).
 SECONDS_PER_CLIQUE40 = 1.0
