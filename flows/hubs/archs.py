@@ -16,13 +16,23 @@ ARCH_KEY = "lipzoo.arch"
 INPUT_SHAPE_KEY = "lipzoo.input_shape"
 TIMM_ARCH_KEY = "timm.arch"
 
-# layer name -> torch.nn class name; kwargs go to the constructor as given
+# layer name -> torch.nn class name; kwargs go to the constructor as given. Activations (relu, leaky_relu, gelu,
+# softplus, ...) come from lipcore's activation table, so every activation lipzoo bounds can be described.
 _LAYERS = {
-    "linear": "Linear", "conv1d": "Conv1d", "conv2d": "Conv2d", "relu": "ReLU", "tanh": "Tanh",
-    "sigmoid": "Sigmoid", "leaky_relu": "LeakyReLU", "gelu": "GELU", "silu": "SiLU", "elu": "ELU",
-    "softplus": "Softplus", "flatten": "Flatten", "maxpool2d": "MaxPool2d", "avgpool2d": "AvgPool2d",
-    "batchnorm1d": "BatchNorm1d", "batchnorm2d": "BatchNorm2d", "dropout": "Dropout", "identity": "Identity",
+    "linear": "Linear", "conv1d": "Conv1d", "conv2d": "Conv2d", "flatten": "Flatten", "maxpool2d": "MaxPool2d",
+    "avgpool2d": "AvgPool2d", "batchnorm1d": "BatchNorm1d", "batchnorm2d": "BatchNorm2d", "dropout": "Dropout",
+    "identity": "Identity",
 }
+
+
+def _layer_class(name: str) -> Any:
+    from torch import nn
+
+    from lipcore.activations import module_class
+
+    if name in _LAYERS:
+        return getattr(nn, _LAYERS[name])
+    return module_class(name)
 
 
 class ArchError(ValueError):
@@ -44,9 +54,10 @@ def build(spec: str | Mapping[str, Any]) -> Any:
     mods = []
     for item in d.get("layers", []):
         name, kw = item[0], (item[1] if len(item) > 1 else {})
-        if name not in _LAYERS:
+        cls = _layer_class(str(name))
+        if cls is None:
             raise ArchError(f"unsupported layer {name!r} in the architecture description")
-        mods.append(getattr(nn, _LAYERS[name])(**kw))
+        mods.append(cls(**kw))
     if not mods:
         raise ArchError("empty architecture description")
     return nn.Sequential(*mods)
