@@ -346,6 +346,76 @@ def lower_sampled(target: Any, ctx: Context) -> tuple[float, dict[str, Any]]:
     return best, params
 
 
+def _pair_ascent(s: Any, ctx: Context, v: str, x: torch.Tensor, d0: torch.Tensor, xr: torch.Tensor, steps: int,
+                 lr: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Normalised-gradient ascent on ‖f(x)−f(x+d)‖/‖d‖ with per-start step sizes (Adam's per-coordinate steps
+    would ignore the very different scales of x and d); each d kept near its radius. Best (ratio, x, y) per start."""
+    starts = x.shape[0]
+    h = (xr.clamp_min(1e-3) * torch.logspace(-3, 0, starts, dtype=torch.float64)).to(s.device)
+    h = float(ctx.opt(v, "radius", 0)) * torch.ones_like(h) if ctx.opt(v, "radius", 0) else h
+    bshape = (-1, *([1] * len(s.shape)))
+    d = (d0 * (h * math.sqrt(s.n_in)).to(s.dtype).reshape(bshape)).clone()
+    xp = x.clone().requires_grad_(True)
+    dp = d.clone().requires_grad_(True)
+    step_x = (lr * xr.clamp_min(1e-3)).to(s.dtype).reshape(bshape)
+    step_d = (lr * h).to(s.dtype).reshape(bshape)
+    best_r = torch.zeros(starts, dtype=torch.float64, device=s.device)
+    best_x, best_y = x.clone(), (x + d).clone()
+    for it in range(steps + 1):
+        if it % 10 == 0:
+            ctx.check_deadline()
+        y = xp + dp
+        r = _bnorm(s.f(xp) - s.f(y)) / _bnorm(dp).clamp_min(torch.finfo(s.dtype).tiny)
+        rd = r.detach().double()
+        better = rd > best_r
+        if better.any():
+            best_r = torch.where(better, rd, best_r)
+            best_x[better] = xp.detach()[better]
+            best_y[better] = y.detach()[better]
+        if it == steps:
+            break
+        gx, gd = torch.autograd.grad(torch.log(r.clamp_min(1e-300)).sum(), (xp, dp))
+        decay = 1.0 - 0.9 * it / max(1, steps)
+        with torch.no_grad():
+            xp += decay * step_x * _unit(gx) * math.sqrt(s.n_in)
+            dp += decay * step_d * _unit(gd) * math.sqrt(s.n_in)
+            # keep each d near its radius: a collapsing d would make the ratio a float-noise measurement
+            dn = _bnorm(dp).reshape(bshape)
+            target_n = (h * math.sqrt(s.n_in)).to(s.dtype).reshape(bshape)
+            dp *= torch.clamp(target_n / dn.clamp_min(torch.finfo(s.dtype).tiny), 0.5, 2.0)
+    return best_r, best_x, best_y
+
+
+def _jv_ascent(s: Any, ctx: Context, xm: torch.Tensor, v0: torch.Tensor, step_q: torch.Tensor, jv_steps: int
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Ascent on ‖J(x)v‖ in x and v from the given points. Best (value, x, v) per start."""
+    xq = xm.clone().requires_grad_(True)
+    vq = v0.clone().requires_grad_(True)
+    best_j = torch.zeros(xm.shape[0], dtype=torch.float64, device=s.device)
+    bx, bvv = xq.detach().clone(), vq.detach().clone()
+    for it in range(jv_steps + 1):
+        if it % 10 == 0:
+            ctx.check_deadline()
+        vu = _unit(vq)
+        jvv = _bnorm(torch.func.jvp(s.f, (xq,), (vu,))[1])
+        jd = jvv.detach().double()
+        better = jd > best_j
+        if better.any():
+            best_j = torch.where(better, jd, best_j)
+            bx[better] = xq.detach()[better]
+            bvv[better] = vu.detach()[better]
+        if it == jv_steps:
+            break
+        gx, gv = torch.autograd.grad(torch.log(jvv.clamp_min(1e-300)).sum(), (xq, vq), allow_unused=True)
+        decay = 1.0 - 0.9 * it / max(1, jv_steps)
+        with torch.no_grad():
+            if gx is not None:
+                xq += decay * step_q * _unit(gx) * math.sqrt(s.n_in)
+            if gv is not None:
+                vq.copy_(_unit(vu + 0.5 * _unit(gv)))
+    return best_j, bx, bvv
+
+
 @_serialized
 def lower_ascent(target: Any, ctx: Context) -> tuple[float, dict[str, Any]]:
     """Gradient ascent on the pair ratio ‖f(x)−f(y)‖/‖x−y‖ and on ‖J(x)v‖ from several starts.
@@ -385,40 +455,8 @@ def lower_ascent(target: Any, ctx: Context) -> tuple[float, dict[str, Any]]:
 
         # 2) pair-ratio ascent: y = x + d, radii spread over three decades (small = local, large = cross-region)
         xr = _bnorm(x).double() / math.sqrt(s.n_in)  # per-entry RMS of each start
-        h = (xr.clamp_min(1e-3) * torch.logspace(-3, 0, starts, dtype=torch.float64)).to(s.device)
-        h = float(ctx.opt(v, "radius", 0)) * torch.ones_like(h) if ctx.opt(v, "radius", 0) else h
         bshape = (-1, *([1] * len(s.shape)))
-        d = (d0 * (h * math.sqrt(s.n_in)).to(s.dtype).reshape(bshape)).clone()
-        xp = x.clone().requires_grad_(True)
-        dp = d.clone().requires_grad_(True)
-        step_x = (lr * xr.clamp_min(1e-3)).to(s.dtype).reshape(bshape)
-        step_d = (lr * h).to(s.dtype).reshape(bshape)
-        # plain normalised-gradient ascent with per-start step sizes (Adam's per-coordinate steps would ignore
-        # the very different scales of x and d)
-        best_r = torch.zeros(starts, dtype=torch.float64, device=s.device)
-        best_x, best_y = x.clone(), (x + d).clone()
-        for it in range(steps + 1):
-            if it % 10 == 0:
-                ctx.check_deadline()
-            y = xp + dp
-            r = _bnorm(s.f(xp) - s.f(y)) / _bnorm(dp).clamp_min(torch.finfo(s.dtype).tiny)
-            rd = r.detach().double()
-            better = rd > best_r
-            if better.any():
-                best_r = torch.where(better, rd, best_r)
-                best_x[better] = xp.detach()[better]
-                best_y[better] = y.detach()[better]
-            if it == steps:
-                break
-            gx, gd = torch.autograd.grad(torch.log(r.clamp_min(1e-300)).sum(), (xp, dp))
-            decay = 1.0 - 0.9 * it / max(1, steps)
-            with torch.no_grad():
-                xp += decay * step_x * _unit(gx) * math.sqrt(s.n_in)
-                dp += decay * step_d * _unit(gd) * math.sqrt(s.n_in)
-                # keep each d near its radius: a collapsing d would make the ratio a float-noise measurement
-                dn = _bnorm(dp).reshape(bshape)
-                target_n = (h * math.sqrt(s.n_in)).to(s.dtype).reshape(bshape)
-                dp *= torch.clamp(target_n / dn.clamp_min(torch.finfo(s.dtype).tiny), 0.5, 2.0)
+        best_r, best_x, best_y = _pair_ascent(s, ctx, v, x, d0, xr, steps, lr)
         j = int(best_r.argmax())
         cands.append((float(best_r[j]), "pair", best_x[j:j + 1], best_y[j:j + 1]))
         params["pair_ratio"] = float(best_r[j])
@@ -426,33 +464,9 @@ def lower_ascent(target: Any, ctx: Context) -> tuple[float, dict[str, Any]]:
         # 3) ‖J(x)v‖ ascent from the best pair midpoints (smooth nets: moves x; piecewise linear: only v moves)
         xm = (0.5 * (best_x + best_y)).detach()
         if jv_steps > 0 and exact:
-            xq = xm.clone().requires_grad_(True)
-            vq = vdir0.clone().requires_grad_(True)
-            best_j = torch.zeros(starts, dtype=torch.float64, device=s.device)
-            bx, bvv = xq.detach().clone(), vq.detach().clone()
-            step_q = (lr * xr.clamp_min(1e-3)).to(s.dtype).reshape(bshape)
             try:
-                for it in range(jv_steps + 1):
-                    if it % 10 == 0:
-                        ctx.check_deadline()
-                    vu = _unit(vq)
-                    jvv = _bnorm(torch.func.jvp(s.f, (xq,), (vu,))[1])
-                    jd = jvv.detach().double()
-                    better = jd > best_j
-                    if better.any():
-                        best_j = torch.where(better, jd, best_j)
-                        bx[better] = xq.detach()[better]
-                        bvv[better] = vu.detach()[better]
-                    if it == jv_steps:
-                        break
-                    gx, gv = torch.autograd.grad(torch.log(jvv.clamp_min(1e-300)).sum(), (xq, vq),
-                                                 allow_unused=True)
-                    decay = 1.0 - 0.9 * it / max(1, jv_steps)
-                    with torch.no_grad():
-                        if gx is not None:
-                            xq += decay * step_q * _unit(gx) * math.sqrt(s.n_in)
-                        if gv is not None:
-                            vq.copy_(_unit(vu + 0.5 * _unit(gv)))
+                best_j, bx, bvv = _jv_ascent(s, ctx, xm, vdir0, (lr * xr.clamp_min(1e-3)).to(s.dtype).reshape(
+                    bshape), jv_steps)
                 j = int(best_j.argmax())
                 cands.append((float(best_j[j]), "jv", bx[j:j + 1], bvv[j:j + 1]))
                 params["jv_ascent"] = float(best_j[j])
