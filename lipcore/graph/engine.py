@@ -469,17 +469,11 @@ class Engine:
         restart with its exact norm when the matrix would be large."""
         c_in, c_out = u.c, int(np.prod(node.shape))
         if c_in * c_out > DENSE_LIMIT:
-            J = None
-        else:
-            from .ops import dense_jacobian
-
-            J = torch.as_tensor(dense_jacobian(node))
-        if J is None:
-            kind_norm = ops.KINDS[node.op].naive
-            return self._restart_node(node, kind_norm(node, {}, self.dev), relayout=True)
+            return self._restart_node(node, ops.KINDS[node.op].naive(node, {}, self.dev), relayout=True)
         if self.dry:
             self.live[y.name] = y
             return
+        J = torch.as_tensor(ops.dense_jacobian(node))
         A = cn.Symbol(J.to(self.dev, self.dtype)[None], cn.Grid(()), False, (), c_out, c_in)
         self.push(y, [(u.name, A, 1.0)])
 
@@ -785,9 +779,6 @@ def _guess_layout(node: Node, cons: dict[str, list[str]], g: GraphModel) -> TS:
     return t
 
 
-# -------------------------------------------------------------------------------------------------------------
-# norms used by restarts and by the naive bound
-# -------------------------------------------------------------------------------------------------------------
 def plan(g: GraphModel, device: torch.device, extra: int = 0, circular: bool = False
          ) -> tuple[dict[str, tuple[int, ...]], float]:
     """Dry run: grid sizes per root and the cost estimate (sum over activations of F * c^3, complex flops)."""

@@ -69,10 +69,10 @@ class Call:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return _shape(self.val)
+        return sample_shape(self.val)
 
     def in_shape(self, key: str) -> tuple[int, ...]:
-        return _shape(self.values[key])
+        return sample_shape(self.values[key])
 
 
 @dataclass
@@ -99,15 +99,17 @@ class Refuse:
 
 @dataclass
 class Items:
-    """A multi-output op: what each `getitem` of it is."""
+    """A multi-output op: what each `getitem` of it is (and the call they read, set by the tracer)."""
 
     items: list[Emit | Alias | Refuse]
+    call: Call | None = None
 
 
 Parsed = Emit | Alias | Refuse | Items
 
 
-def _shape(v: Any) -> tuple[int, ...]:
+def sample_shape(v: Any) -> tuple[int, ...]:
+    """The shape of one sample (the batch dimension dropped); () for a non-tensor."""
     return tuple(int(s) for s in v.shape[1:]) if isinstance(v, torch.Tensor) else ()
 
 
@@ -557,16 +559,20 @@ for _a in sorted({a for k in acts.KINDS.values() for a in k.aten}):
 
 
 # -- pooling and reductions ----------------------------------------------------------------------------------
+def _window(c: Call) -> dict[str, Any]:
+    """The window arguments max and average pooling share (stride defaults to the kernel)."""
+    d = len(c.in_shape("self")) - 1
+    k = _ints(c["kernel_size"], d)
+    return {"kernel": k, "stride": _ints(c["stride"] or k, d), "padding": _ints(c["padding"], d),
+            "ceil_mode": bool(c["ceil_mode"])}
+
+
 @parser("max_pool1d", "max_pool2d", "max_pool2d_with_indices", "max_pool1d_with_indices")
 def _max_pool(c: Call) -> Parsed:
     bad = _one_tainted(c, "self")
     if bad:
         return bad
-    d = len(c.in_shape("self")) - 1
-    k = _ints(c["kernel_size"], d)
-    s = _ints(c["stride"] or k, d)
-    attrs = {"kernel": k, "stride": s, "padding": _ints(c["padding"], d), "dilation": _ints(c["dilation"], d),
-             "ceil_mode": bool(c["ceil_mode"])}
+    attrs = {**_window(c), "dilation": _ints(c["dilation"], len(c.in_shape("self")) - 1)}
     e = Emit("maxpool", ["self"], attrs)
     return Items([e, Refuse("max pooling indices")]) if c.op.endswith("with_indices") else e
 
@@ -576,11 +582,7 @@ def _avg_pool(c: Call) -> Parsed:
     bad = _one_tainted(c, "self")
     if bad:
         return bad
-    d = len(c.in_shape("self")) - 1
-    k = _ints(c["kernel_size"], d)
-    div = c.get("divisor_override")
-    attrs = {"kernel": k, "stride": _ints(c["stride"] or k, d), "padding": _ints(c["padding"], d),
-             "ceil_mode": bool(c["ceil_mode"]), "count_include_pad": bool(c["count_include_pad"]), "divisor": div}
+    attrs = {**_window(c), "count_include_pad": bool(c["count_include_pad"]), "divisor": c.get("divisor_override")}
     return Emit("avgpool", ["self"], attrs)
 
 
@@ -640,8 +642,6 @@ def _reshape(c: Call) -> Parsed:
         dd = c.values["dim"]
         if 0 in [_dim(x, len(c.in_shape(key)) + 1) for x in ([dd] if isinstance(dd, int) else dd)]:
             return Refuse("squeezes the batch dimension")
-    if c.op.startswith("squeeze") and c.values.get("dim") is None and c.val.dim() < 1:
-        return Refuse("squeezes the batch dimension")
     return Emit("reshape", [key], {"kind": c.op})
 
 

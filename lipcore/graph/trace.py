@@ -33,9 +33,7 @@ from torch import nn
 
 from ..errors import InputError, Refused
 from . import ops
-
-NOT_LIPSCHITZ = "not_lipschitz"
-UNKNOWN = "unknown"
+from .ops import NOT_LIPSCHITZ, UNKNOWN, sample_shape
 
 
 @dataclass
@@ -127,13 +125,6 @@ class GraphModel:
 # ---------------------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------------------
-def _tuple(v: Any, n: int) -> tuple[int, ...]:
-    if isinstance(v, int | float):
-        return (int(v),) * n
-    v = tuple(int(x) for x in v)
-    return v * n if len(v) == 1 and n > 1 else v
-
-
 def _disable_fused_attn(module: nn.Module) -> None:
     """timm's fused SDPA has no forward-mode AD on CPU: the lower bounds need the explicit softmax path."""
     for m in module.modules():
@@ -186,7 +177,7 @@ class _Builder:
 
     def call(self, n: torch.fx.Node, val: Any, env: dict[str, Any]) -> None:
         op = ops.op_name(n.target)
-        shape = _shape(val)
+        shape = sample_shape(val)
         ins = [self.src(a.name) for a in n.all_input_nodes if a.name in self.taint]
         if op in ops.NO_DATA:
             return
@@ -194,11 +185,11 @@ class _Builder:
             return self.getitem(n, val, ins)
         fn = ops.PARSERS.get(op)
         if fn is None:
-            return self.bad(n.name, op, shape, ins, "no Lipschitz rule for this operator", ops.UNKNOWN)
+            return self.bad(n.name, op, shape, ins, "no Lipschitz rule for this operator", UNKNOWN)
         try:
             fx_args = ops.bind(n.target, n.args, dict(n.kwargs))
         except TypeError as e:
-            return self.bad(n.name, op, shape, ins, f"cannot read its arguments ({e})", ops.UNKNOWN)
+            return self.bad(n.name, op, shape, ins, f"cannot read its arguments ({e})", UNKNOWN)
         values = {k: _val(env, v) for k, v in fx_args.items()}
         c = ops.Call(n.name, op, n.target, values, {k: self.tainted_names(v) for k, v in fx_args.items()}, val,
                      fx=fx_args)
@@ -213,8 +204,8 @@ class _Builder:
     def emit(self, name: str, op: str, shape: tuple[int, ...], ins: list[str], c: ops.Call, parsed: ops.Parsed,
              val: Any) -> None:
         if isinstance(parsed, ops.Items):
+            parsed.call = c
             self.items[name] = parsed
-            self.items[name].call = c  # type: ignore[attr-defined]
             return
         if isinstance(parsed, ops.Refuse):
             return self.bad(name, op, shape, ins, parsed.why, parsed.category)
@@ -233,29 +224,29 @@ class _Builder:
 
     def getitem(self, n: torch.fx.Node, val: Any, ins: list[str]) -> None:
         parent, idx = n.args[0].name, int(n.args[1])
-        shape = _shape(val)
+        shape = sample_shape(val)
         if parent in self.items:  # a multi-output op has no graph node: its items read the op's own inputs
-            c0 = self.items[parent].call  # type: ignore[attr-defined]
+            c0 = self.items[parent].call
             ins = list(dict.fromkeys(self.src(t) for ts in c0.tainted.values() for t in ts))
         else:
             ins = [self.src(i) for i in ins]
         if parent not in self.items:
-            return self.bad(n.name, "getitem", shape, ins, "item of an operator lipzoo did not read", ops.UNKNOWN)
+            return self.bad(n.name, "getitem", shape, ins, "item of an operator lipzoo did not read", UNKNOWN)
         items = self.items[parent]
         if not 0 <= idx < len(items.items):
             return self.bad(n.name, "getitem", shape, ins, f"item {idx} of a {len(items.items)}-output op",
-                            ops.UNKNOWN)
-        c = items.call  # type: ignore[attr-defined]
+                            UNKNOWN)
+        c = items.call
         self.emit(n.name, c.op, shape, ins, c, items.items[idx], val)
 
     def cat(self, name: str, op: str, shape: tuple[int, ...], c: ops.Call, dim: int) -> None:
         parts, fx_parts = [], []
         for fxn, v in zip(c.fx["tensors"], c.values["tensors"], strict=True):
             tainted = isinstance(fxn, torch.fx.Node) and fxn.name in self.taint
-            parts.append((self.src(fxn.name) if tainted else None, _shape(v)))
+            parts.append((self.src(fxn.name) if tainted else None, sample_shape(v)))
             fx_parts.append(fxn.name if isinstance(fxn, torch.fx.Node) else None)
         if None in fx_parts:
-            return self.bad(name, op, shape, [p for p, _ in parts if p], "concatenates a literal tensor", ops.UNKNOWN)
+            return self.bad(name, op, shape, [p for p, _ in parts if p], "concatenates a literal tensor", UNKNOWN)
         attrs = {"in_shape": next(s for p, s in parts if p is not None), "dim": dim, "parts": parts,
                  "fx_parts": fx_parts, "stack": c.op == "stack"}
         self.add(Node(name, "cat", [p for p, _ in parts if p is not None], shape, attrs, op))
@@ -268,10 +259,6 @@ def _val(env: dict[str, Any], a: Any) -> Any:
     if isinstance(a, list | tuple):
         return type(a)(_val(env, x) for x in a)
     return a
-
-
-def _shape(v: Any) -> tuple[int, ...]:
-    return tuple(int(s) for s in v.shape[1:]) if isinstance(v, torch.Tensor) else ()
 
 
 def _clone(a: Any) -> Any:
@@ -420,14 +407,14 @@ def _verify(b: _Builder, env1: dict[str, Any], env2: dict[str, Any]) -> None:
             why = (f"the traced op does not compute what lipzoo reads it as (relative error {err:.2g} on a replay): "
                    "an argument or shape fact is not understood")
             if target is None:
-                b.unsupported.append(Unsupported(fx_name, "alias", why, ops.UNKNOWN))
+                b.unsupported.append(Unsupported(fx_name, "alias", why, UNKNOWN))
             else:
                 _refuse_node(b, target, why)
 
 
 def _refuse_node(b: _Builder, node: Node, why: str) -> None:
-    b.unsupported.append(Unsupported(node.name, node.target, why, ops.UNKNOWN))
-    node.attrs = {"why": why, "category": ops.UNKNOWN, "in_shape": node.in_shape}
+    b.unsupported.append(Unsupported(node.name, node.target, why, UNKNOWN))
+    node.attrs = {"why": why, "category": UNKNOWN, "in_shape": node.in_shape}
     node.op = "unsupported"
 
 
