@@ -383,10 +383,10 @@ def from_function(fn: Any, args: tuple, kwargs: Mapping[str, Any]) -> Activation
     try:
         bound = inspect.signature(fn).bind(None, *args, **kwargs).arguments
         bound.pop(next(iter(bound)))  # the tensor
-    except (TypeError, ValueError):  # a builtin without a signature: only parameter-free calls are read
-        if args or kwargs:
-            raise ValueError(f"{kind.name}: cannot bind the arguments {args} {dict(kwargs)}") from None
-        bound = {}
+    except (TypeError, ValueError):  # a builtin without a signature (F.gelu): bound in the table's order
+        if len(args) > len(kind.params):
+            raise ValueError(f"{kind.name}: cannot bind the arguments {args}") from None
+        bound = {**dict(zip(vals, args, strict=False)), **kwargs}
     for k, v in bound.items():
         if k in vals:
             vals[k] = v

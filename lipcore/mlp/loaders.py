@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..activations import SUPPORTED, Activation, from_module, from_slope, get_activation
+from ..activations import SUPPORTED, Activation, aten_kind, from_function, from_module, from_slope, get_activation
 from ..errors import InputError
 from .network import MLP
 
@@ -194,17 +194,6 @@ def _build(src: str, name: str, lins: list[_Lin], acts: list[Activation]) -> MLP
 # ---------------------------------------------------------------------------------------------------------
 # torch modules
 # ---------------------------------------------------------------------------------------------------------
-_ACT_FUNCS: dict[Any, type[nn.Module]] = {
-    F.relu: nn.ReLU, torch.relu: nn.ReLU, F.relu_: nn.ReLU, torch.relu_: nn.ReLU,
-    F.leaky_relu: nn.LeakyReLU, F.elu: nn.ELU, F.celu: nn.CELU, F.selu: nn.SELU, F.gelu: nn.GELU,
-    F.silu: nn.SiLU, F.mish: nn.Mish, F.softplus: nn.Softplus, F.hardtanh: nn.Hardtanh, F.relu6: nn.ReLU6,
-    F.hardswish: nn.Hardswish, F.hardsigmoid: nn.Hardsigmoid, torch.tanh: nn.Tanh, F.tanh: nn.Tanh,
-    torch.sigmoid: nn.Sigmoid, F.sigmoid: nn.Sigmoid,
-}
-_ACT_METHODS: dict[str, type[nn.Module]] = {
-    "relu": nn.ReLU, "relu_": nn.ReLU, "tanh": nn.Tanh, "tanh_": nn.Tanh, "sigmoid": nn.Sigmoid,
-    "sigmoid_": nn.Sigmoid,
-}
 _SKIP_FUNCS = {F.dropout, F.alpha_dropout, F.feature_alpha_dropout, F.dropout1d, torch.flatten}
 _SKIP_METHODS = {"flatten", "contiguous", "float", "double"}
 
@@ -228,14 +217,19 @@ def _module_ops(src: str, m: nn.Module, where: str) -> list[_Op]:
             s = s * _np64(m.weight)
         t = -_np64(m.running_mean) * s + (0.0 if m.bias is None else _np64(m.bias))
         return [_Diag(s, t, where)]
-    if isinstance(m, nn.PReLU):  # per-channel slopes a_i: every quotient lies in the hull of {a_i} and 1
-        w = m.weight.detach().to(torch.float64).cpu().clone()
-        lo, hi = min(float(w.min()), 1.0), max(float(w.max()), 1.0)
-        return [_Act(Activation(f"prelu[{lo:g},{hi:g}]", lo, hi, lambda x, w=w: F.prelu(x, w.to(x))), where)]
-    act = from_module(m)
+    act = _table_activation(src, m, where)
     if act is not None:
         return [_Act(act, where)]
     raise NotAnMLP(src, f"unsupported layer {type(m).__name__} at '{where}'")
+
+
+def _table_activation(src: str, m: nn.Module, where: str) -> Activation | None:
+    """The activation table's reading of module `m` (None: not an activation); a parameter it cannot bound is
+    NotAnMLP naming the layer (the graph engine then refuses it with the same reason)."""
+    try:
+        return from_module(m)
+    except ValueError as e:
+        raise NotAnMLP(src, f"{type(m).__name__} at '{where}': {e}") from None
 
 
 def _plain_sequential(m: nn.Module) -> bool:
@@ -265,13 +259,21 @@ def _precheck_leaves(src: str, module: nn.Module) -> None:
     for where, m in module.named_modules():
         if next(m.children(), None) is not None or not type(m).__module__.startswith("torch.nn"):
             continue
-        if isinstance(m, nn.Linear | nn.BatchNorm1d | nn.PReLU) or _is_identity(m) or from_module(m) is not None:
+        if isinstance(m, nn.Linear | nn.BatchNorm1d) or _is_identity(m) or _table_activation(src, m, where):
             continue
         raise NotAnMLP(src, f"unsupported layer {type(m).__name__} at '{where}'")
 
 
 def _fn_name(target: Any) -> str:
     return getattr(target, "__name__", None) or str(target)
+
+
+def _function_activation(src: str, target: Any, node: Any) -> Activation | None:
+    """The activation table's reading of a functional call (F.leaky_relu(x, 0.2), torch.tanh(x), ...)."""
+    try:
+        return from_function(target, tuple(node.args[1:]), dict(node.kwargs))
+    except (TypeError, ValueError) as e:
+        raise NotAnMLP(src, f"cannot read {_fn_name(target)} at '{node.name}': {e}") from None
 
 
 def _fx_ops(src: str, module: nn.Module) -> list[_Op]:
@@ -332,14 +334,8 @@ def _fx_ops(src: str, module: nn.Module) -> list[_Op]:
             raise NotAnMLP(src, f"unsupported operation {what} at '{node.name}': not a plain Linear/activation chain")
         if node.op == "call_module":
             ops += _module_ops(src, gm.get_submodule(target), target)
-        elif node.op == "call_function" and target in _ACT_FUNCS:
-            try:
-                act = from_module(_ACT_FUNCS[target](*node.args[1:], **node.kwargs))
-            except (TypeError, ValueError) as e:
-                raise NotAnMLP(src, f"cannot read {what} at '{node.name}': {e}") from None
-            if act is None:
-                raise NotAnMLP(src, f"unsupported activation {what} at '{node.name}'")
-            ops.append(_Act(act, node.name))
+        elif node.op == "call_function" and (kind := _function_activation(src, target, node)) is not None:
+            ops.append(_Act(kind, node.name))
         elif node.op == "call_function" and target in _SKIP_FUNCS:
             pass
         elif node.op == "call_function" and target is F.linear:
@@ -350,8 +346,9 @@ def _fx_ops(src: str, module: nn.Module) -> list[_Op]:
                     isinstance(b, fx.Node) and b.op == "get_attr")):
                 raise NotAnMLP(src, f"F.linear at '{node.name}' with computed weights is not supported")
             ops.append(_Lin(_np64(attr(w.target)), None if b is None else _np64(attr(b.target)), node.name))
-        elif node.op == "call_method" and target in _ACT_METHODS:
-            ops.append(_Act(from_module(_ACT_METHODS[target]()), node.name))  # type: ignore[arg-type]
+        elif node.op == "call_method" and (kind := aten_kind(target)) is not None and not kind.params \
+                and len(node.args) == 1 and not node.kwargs:  # x.relu(), x.tanh(), x.sigmoid_()
+            ops.append(_Act(kind.make(), node.name))
         elif node.op == "call_method" and target in _SKIP_METHODS:
             pass
         elif node.op == "call_method" and target in ("view", "reshape"):
