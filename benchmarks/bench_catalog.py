@@ -159,8 +159,8 @@ def _bench(args: argparse.Namespace, tmp: Path) -> int:
     # 3) the command, as a user runs it: a fresh Python process each time
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     # the whole `lipzoo` dispatcher (every command module's register() runs), and the catalog commands alone
-    full = "import sys; from flows.cli import main; sys.exit(main(sys.argv[1:]))"
-    alone = ("import sys, argparse; from flows.cli.catalog import register; p = argparse.ArgumentParser(); "
+    full = "import sys; from lipzoo.cli import main; sys.exit(main(sys.argv[1:]))"
+    alone = ("import sys, argparse; from lipzoo.cli.catalog import register; p = argparse.ArgumentParser(); "
              "register(p.add_subparsers()); a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))")
     for label, code, extra in [
         ("`lipzoo leaderboard` subprocess, table, top 50", full, []),
@@ -175,7 +175,7 @@ def _bench(args: argparse.Namespace, tmp: Path) -> int:
                 raise SystemExit(f"lipzoo leaderboard failed: {p.stderr.strip()}")
         t_cmd, _ = timed(cmd, repeat=3)
         add(label, t_cmd, LEADERBOARD_TARGET_S)
-    t_imp, _ = timed(lambda: subprocess.run([sys.executable, "-c", "from flows.cli import build_parser; "
+    t_imp, _ = timed(lambda: subprocess.run([sys.executable, "-c", "from lipzoo.cli import build_parser; "
                                              "build_parser()"], env=env, cwd=REPO), repeat=3)
     add("(`lipzoo` parser build alone: all command modules' register())", t_imp, None)
     t_py, _ = timed(lambda: subprocess.run([sys.executable, "-c", "pass"], env=env), repeat=3)

@@ -68,7 +68,7 @@ def lipzoo_cmd() -> list[str]:
     exe = Path(sys.executable).parent / "lipzoo"
     if exe.exists():
         return [str(exe)]
-    return [sys.executable, "-c", "import sys; from flows.cli import main; sys.exit(main())"]
+    return [sys.executable, "-c", "import sys; from lipzoo.cli import main; sys.exit(main())"]
 
 
 def emit(repo_id: str, revision: str) -> float:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-LIPZOO = [sys.executable, "-c", "import sys; from flows.cli import main; sys.exit(main())"]
+LIPZOO = [sys.executable, "-c", "import sys; from lipzoo.cli import main; sys.exit(main())"]
 TARGETS = {"demo_audit_s": 180.0, "second_audit_s": 15.0, "overhead_per_model_s": 0.3}
 
 

@@ -1,4 +1,4 @@
-"""`lipzoo leaderboard | history | diff | stale | runs | export` on a real catalog file, through flows.cli.main."""
+"""`lipzoo leaderboard | history | diff | stale | runs | export` on a real catalog file, through lipzoo.cli.main."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from test_catalog_helpers import model_rows, row
 
 from catalogs import Catalog
-from flows.cli import main
+from lipzoo.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -152,8 +152,8 @@ def test_stale_command(zoo, capsys):
     assert [d["model_id"] for d in json.loads(out)] == ["hf:org/gamma"]
     rc, out, _ = run_cli(capsys, "stale", "--catalog", str(cat.path), "--engine-version", "2", "--format", "json")
     assert len(json.loads(out)) == 4
-    from flows.cli.catalog import current_engine_version
     from lipcore import ENGINE_VERSION
+    from lipzoo.cli.catalog import current_engine_version
 
     assert current_engine_version() == ENGINE_VERSION
 
@@ -180,7 +180,7 @@ def test_help_teaches_with_examples(capsys):
 def test_leaderboard_command_does_not_import_torch(zoo):
     cat, _, _ = zoo
     # through the real entry point: every command module's register() runs, as when a user types the command
-    code = ("import sys; from flows.cli import main; rc = main(sys.argv[1:]); "
+    code = ("import sys; from lipzoo.cli import main; rc = main(sys.argv[1:]); "
             "assert 'torch' not in sys.modules and 'lipcore' not in sys.modules, 'heavy import'; sys.exit(rc)")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     p = subprocess.run([sys.executable, "-c", code, "leaderboard", "--catalog", str(cat.path), "--format", "csv"],
@@ -190,7 +190,7 @@ def test_leaderboard_command_does_not_import_torch(zoo):
 
 
 def test_show_leaderboard_helper_for_audit(zoo, capsys):
-    from flows.cli.catalog import show_leaderboard
+    from lipzoo.cli.catalog import show_leaderboard
 
     cat, _, _ = zoo
     assert show_leaderboard(cat.path, top=1, fmt="csv") == 0

@@ -14,7 +14,7 @@ import pytest
 from test_catalog_helpers import big_batch
 
 from catalogs import Catalog, CatalogLockedError
-from flows.cli import main
+from lipzoo.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]), "OMP_NUM_THREADS": "1"}

@@ -361,7 +361,7 @@ def test_report_certified_curves_in_headless_chromium(tmp_path):
 def test_cli_leaderboard_by_certified_accuracy_and_history(tmp_path, capsys):
     import json
 
-    from flows.cli import main
+    from lipzoo.cli import main
 
     cat = _report_catalog(tmp_path)
     rc = main(["leaderboard", "--by", "certified-accuracy", "--eps", "0.5", "--format", "json",

@@ -14,7 +14,7 @@ import torch
 from test_loaders import random_weights, write_weights
 from torch import nn
 
-from flows.cli import main
+from lipzoo.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 LIPZOO = ROOT / ".venv" / "bin" / "lipzoo"
@@ -208,7 +208,7 @@ def test_bad_input_exit_2_one_line(capsys, tmp_path: Path, case: str) -> None:
 def _subprocess(*argv: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "default"}
     env.pop("LIPZOO_DEBUG", None)
-    exe = [str(LIPZOO)] if LIPZOO.exists() else [sys.executable, "-m", "flows.cli"]
+    exe = [str(LIPZOO)] if LIPZOO.exists() else [sys.executable, "-m", "lipzoo"]
     return subprocess.run([*exe, *argv], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
 
 
@@ -237,8 +237,8 @@ def test_cuda_unavailable_is_one_line(capsys, net_file) -> None:
 
 
 def test_progress_line_rewrites_itself(capsys) -> None:
-    from flows.cli.bound import _Progress
     from lipcore.report import BoundResult
+    from lipzoo.cli.bound import _Progress
 
     prog = _Progress(["naive", "lower-ascent"], enabled=True)
     prog("naive", BoundResult("naive", "upper", "ok", 1.0, 0.25))

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from deploy.serve import EVENT, TRIGGER_PARAMETERS, build_deployments, checkpoint_trigger
-from flows.cli import main
+from lipzoo.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "deploy" / "zoos" / "demo.toml"

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from flows.cli import CliError
+from lipzoo.cli import CliError
 
 _RAW = argparse.RawDescriptionHelpFormatter
 _TABLE_DEFAULT_TOP = 50

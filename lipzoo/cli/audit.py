@@ -197,7 +197,7 @@ def _print_summary(s: dict[str, Any], failed: bool) -> None:
 
 
 def _leaderboard(catalog: str, top: int | None) -> None:
-    """The catalog's own leaderboard rendering (flows/cli/catalog.py), so there is one table, not two."""
+    """The catalog's own leaderboard rendering (lipzoo/cli/catalog.py), so there is one table, not two."""
     try:
         from .catalog import cmd_leaderboard
     except ImportError:  # catalog CLI not installed: a minimal table

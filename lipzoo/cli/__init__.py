@@ -45,9 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
-            mod = importlib.import_module(f"flows.cli.{name}")
+            mod = importlib.import_module(f"lipzoo.cli.{name}")
         except ModuleNotFoundError as e:  # a command module not written yet must not break the others
-            if e.name != f"flows.cli.{name}":
+            if e.name != f"lipzoo.cli.{name}":
                 raise
             continue
         mod.register(sub)

@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from flows.cli import CliError
+from lipzoo.cli import CliError
 
 _RAW = argparse.RawDescriptionHelpFormatter
 _CATALOG_HELP = "catalog file (default: $LIPZOO_CATALOG, else ./lipzoo.duckdb)"
