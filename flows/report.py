@@ -1,9 +1,10 @@
 """`lipzoo report`: one self-contained HTML page a team can read without lipzoo, a server or the network.
 
-Why inline SVG drawn here and no charting library: the page must open from a mail attachment or a CI
-artifact, offline, forever; a few hundred lines of SVG arithmetic are smaller than any vendored library
-and need no JavaScript. Every number comes from the catalog's own queries (`Catalog.leaderboard`,
-`Catalog.history`, `Catalog.history_summary`); this module only arranges and draws them.
+The figures are matplotlib's (SVG backend, text kept as text), inlined into the page: it opens from a mail
+attachment or a CI artifact, offline, with no JavaScript; tooltips are SVG <title> elements added to the
+artists by gid. matplotlib is imported inside the figure functions, so the CLI does not pay for it. Every
+number comes from the catalog's own queries (`Catalog.leaderboard`, `Catalog.history`,
+`Catalog.history_summary`); this module only arranges them.
 
 The page: the leaderboard table; per model, every variant's certified upper bound against the measured
 lower bound on a log axis (the shaded region below the lower bound is where no sound bound can be);
@@ -13,6 +14,7 @@ tightness (upper / lower) per variant as a heat map over models; each model's bo
 from __future__ import annotations
 
 import html
+import io
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -112,7 +114,7 @@ def load_report_data(catalog_path: str | Path, model: str | None = None, top: in
     return ReportData(board, details, catalog=str(catalog_path), focus=focus, certificates=certs)
 
 
-# ---------------------------------------------------------------------------------------------- SVG helpers
+# ---------------------------------------------------------------------------------------------- figures
 
 def _e(s: Any) -> str:
     return html.escape(str(s), quote=True)
@@ -131,8 +133,7 @@ def tick_label(t: float) -> str:
     if 1e-3 <= t < 1e4:
         return f"{t:.4g}"
     k = math.floor(math.log10(t))
-    m = t / 10 ** k
-    return f"{m:.2g}e{k}"
+    return f"{t / 10 ** k:.2g}e{k}"
 
 
 def times(t: float) -> str:
@@ -144,265 +145,266 @@ def anchor(model_id: str) -> str:
     return "m-" + re.sub(r"[^A-Za-z0-9_-]+", "-", model_id).strip("-")
 
 
-def log_ticks(lo: float, hi: float) -> list[float]:
-    """Readable tick values in [lo, hi] for a log axis: decades, then 1-2-5, then 1..9, then linear steps."""
-    a, b = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
-    ticks: list[float] = []
-    for mults in ((1,), (1, 2, 5), (1, 2, 3, 4, 5, 6, 7, 8, 9)):
-        ticks = [m * 10.0 ** k for k in range(a, b + 1) for m in mults if lo <= m * 10.0 ** k <= hi * (1 + 1e-12)]
-        if len(ticks) >= 3:
-            break
-    if len(ticks) > 9:  # many decades: every n-th decade
-        step = math.ceil(len(ticks) / 8)
-        ticks = ticks[::step]
-    if len(ticks) < 2:  # a narrow range: linear ticks at a 1-2-5 step
-        raw = (hi - lo) / 4
-        mag = 10 ** math.floor(math.log10(raw))
-        step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
-        t = math.ceil(lo / step) * step
-        ticks = []
-        while t <= hi * (1 + 1e-12):
-            ticks.append(round(t, 12))
-            t += step
-    return ticks
+def log_limits(values: Iterable[float], pad: float = 1.12) -> tuple[float, float]:
+    """Axis limits around the positive finite values, padded; a near-constant set still gets a visible range."""
+    vals = [v for v in values if v and v > 0 and math.isfinite(v)] or [1.0]
+    lo, hi = min(vals) / pad, max(vals) * pad
+    if hi / lo < 1.05:
+        mid = math.sqrt(lo * hi)
+        lo, hi = mid / 1.05, mid * 1.05
+    return lo, hi
 
 
-class LogScale:
-    """Maps values in [lo, hi] (padded) to pixels [p0, p1] logarithmically."""
-
-    def __init__(self, values: Sequence[float], p0: float, p1: float, pad: float = 1.12) -> None:
-        vals = [v for v in values if v and v > 0 and math.isfinite(v)] or [1.0]
-        self.lo, self.hi = min(vals) / pad, max(vals) * pad
-        if self.hi / self.lo < 1.05:
-            mid = math.sqrt(self.lo * self.hi)
-            self.lo, self.hi = mid / 1.05, mid * 1.05
-        self.p0, self.p1 = p0, p1
-
-    def __call__(self, v: float) -> float:
-        t = (math.log(v) - math.log(self.lo)) / (math.log(self.hi) - math.log(self.lo))
-        return self.p0 + t * (self.p1 - self.p0)
-
-    def ticks(self) -> list[float]:
-        return log_ticks(self.lo, self.hi)
+# the page's look; a fixed svg.hashsalt makes matplotlib's ids reproducible; text stays <text> (searchable, small)
+STYLE = {"svg.hashsalt": "lipzoo", "svg.fonttype": "none", "font.family": "sans-serif",
+         "font.sans-serif": ["DejaVu Sans"], "font.size": 11, "axes.edgecolor": "#888", "axes.linewidth": 0.8,
+         "xtick.color": "#555", "ytick.color": "#555", "xtick.labelsize": 10, "ytick.labelsize": 10,
+         "axes.spines.top": False, "axes.spines.right": False, "legend.frameon": False, "legend.fontsize": 10}
 
 
-def _svg_open(width: int, height: int, cls: str, label: str, **data: str) -> str:
-    attrs = " ".join(f'data-{k}="{_e(v)}"' for k, v in data.items())
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" class="{cls}" width="{width}" height="{height}" '
-            f'viewBox="0 0 {width} {height}" role="img" aria-label="{_e(label)}" {attrs} style="{FONT}">'
-            f"<title>{_e(label)}</title>")
+def style() -> Any:
+    """The report's matplotlib settings, for the duration of one figure (the caller's rcParams stay as they are)."""
+    import matplotlib
+
+    return matplotlib.rc_context(STYLE)
 
 
-# ---------------------------------------------------------------------------------------------- plots
+def figure(width: float, height: float, margins: tuple[float, float, float, float],
+           title: str | None = None) -> tuple[Any, Any]:
+    """A (Figure, Axes) of `width` x `height` pixels, the axes inset by (left, right, top, bottom) pixels.
+
+    A bare `matplotlib.figure.Figure`: no pyplot, hence no GUI backend and no global list of open figures to
+    close (savefig picks the SVG canvas)."""
+    from matplotlib.figure import Figure
+
+    left, right, top, bottom = margins
+    fig = Figure(figsize=(width / 72, height / 72), dpi=72)  # 1 pt = 1 px in the SVG
+    ax = fig.add_axes((left / width, bottom / height, 1 - (left + right) / width, 1 - (top + bottom) / height))
+    if title:
+        fig.text(10 / width, 1 - 4 / height, title, va="top", fontsize=13, weight="bold")
+    return fig, ax
+
+
+def log_axis(ax: Any, which: str) -> None:
+    """Log scale on axis `which` ("x"/"y") printing `tick_label`s; matplotlib picks the ticks (decades on wide
+    ranges, 2..9 between them on narrow ones)."""
+    from matplotlib.ticker import LogFormatter
+
+    class Labels(LogFormatter):
+        def _num_to_string(self, x: float, vmin: float, vmax: float) -> str:
+            return tick_label(x)
+
+    getattr(ax, f"set_{which}scale")("log")
+    getattr(ax, f"{which}axis").set_major_formatter(Labels())
+    getattr(ax, f"{which}axis").set_minor_formatter(Labels(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
+
+
+class Tags(dict[str, dict[str, str]]):
+    """gid -> what `inline_svg` adds to that artist's <g>: a class, data-* attributes and a <title> (tooltip)."""
+
+    def __call__(self, artist: Any, cls: str, title: str | None = None, **data: Any) -> Any:
+        artist.set_gid(f"a{len(self)}")
+        self[artist.get_gid()] = {"class": cls, **{f"data-{k}": str(v) for k, v in data.items()},
+                                  **({"title": title} if title else {})}
+        return artist
+
+
+def inline_svg(fig: Any, cls: str, label: str, prefix: str, tags: dict[str, dict[str, str]], **data: Any) -> str:
+    """The figure as one <svg> element for the page: its ids prefixed by `prefix` (unique on the page), the
+    `tags` added, `cls`, an aria-label, a <title> and data-* on the root. The metadata is dropped (the page
+    carries the date): the same catalog renders to the same bytes."""
+    import xml.etree.ElementTree as ET
+
+    svg, xlink = "http://www.w3.org/2000/svg", "http://www.w3.org/1999/xlink"
+    buf = io.StringIO()
+    with style():
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    ET.register_namespace("", svg)
+    ET.register_namespace("xlink", xlink)
+    root = ET.fromstring(buf.getvalue())
+    root.remove(root.find(f"{{{svg}}}metadata"))
+
+    def add(el: Any, attrs: dict[str, str]) -> None:
+        for k, v in attrs.items():
+            if k != "title":
+                el.set(k, v)
+        if "title" in attrs:
+            el.insert(0, ET.Element("title"))
+            el[0].text = attrs["title"]
+
+    for el in root.iter():
+        el.text, el.tail = (el.text if el.text and el.text.strip() else None), None
+        for k, v in el.attrib.items():
+            v = " ".join(v.split()) if k == "d" else v.replace("url(#", f"url(#{prefix}")
+            ref = k == f"{{{xlink}}}href" and v.startswith("#")  # not the colorbar's data: URI
+            el.set(k, f"#{prefix}{v[1:]}" if ref else f"{prefix}{v}" if k == "id" else v)
+        add(el, tags.get(el.get("id", "")[len(prefix):], {}))
+    vb = root.get("viewBox", "0 0 0 0")
+    root.attrib.clear()
+    add(root, {"class": cls, "width": vb.split()[2], "height": vb.split()[3], "viewBox": vb, "role": "img",
+               "aria-label": label, **{f"data-{k}": str(v) for k, v in data.items()}, "title": label})
+    return ET.tostring(root, encoding="unicode")
+
 
 def bounds_plot(model_id: str, rows: Sequence[dict[str, Any]]) -> str:
-    """Every variant's bound vs the measured lower bound for one model (log x axis), tightness at the right."""
-    uppers = [r for r in rows if r["kind"] == "upper"]
-    lowers = [r for r in rows if r["kind"] == "lower"]
-    lb = max((float(r["value"]) for r in lowers if _usable(r)), default=None)
-    ordered = uppers + lowers
-    W, left, right, top, row_h = 760, 150, 120, 42, 24
-    H = top + row_h * max(len(ordered), 1) + 44
-    sx = LogScale([float(r["value"]) for r in ordered if _usable(r)] + ([lb] if lb else []), left, W - right)
-    out = [_svg_open(W, H, "bounds-plot", f"{model_id}: certified upper bounds vs measured lower bound",
-                     model=model_id)]
-    out.append(f'<text class="plot-title" x="{left}" y="16" font-size="13" font-weight="600">{_e(model_id)}</text>')
-    y_axis = top + row_h * len(ordered) + 4
-    if lb:
-        xl = sx(lb)
-        out.append(f'<rect class="impossible" x="{left}" y="{top - 6}" width="{max(xl - left, 0):.1f}" '
-                   f'height="{y_axis - top + 6}" fill="#fbe3e3"><title>below the measured lower bound: no sound '
-                   f"upper bound can be here</title></rect>")
-        out.append(f'<line class="lower-bound" x1="{xl:.1f}" x2="{xl:.1f}" y1="{top - 10}" y2="{y_axis}" '
-                   f'stroke="{LOWER_COLOR}" stroke-width="1.5" stroke-dasharray="5,3"/>')
-        out.append(f'<text x="{xl:.1f}" y="{top - 14}" font-size="11" fill="{LOWER_COLOR}" text-anchor="middle">'
-                   f"lower bound {fmt(lb)}</text>")
-    for t in sx.ticks():
-        x = sx(t)
-        out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top - 6}" y2="{y_axis}" stroke="#e6e6e6"/>')
-        out.append(f'<text x="{x:.1f}" y="{y_axis + 14}" font-size="10" text-anchor="middle" fill="#555">'
-                   f"{tick_label(t)}</text>")
-    out.append(f'<line x1="{left}" x2="{W - right}" y1="{y_axis}" y2="{y_axis}" stroke="#888"/>')
-    out.append(f'<text x="{(left + W - right) / 2:.0f}" y="{y_axis + 32}" font-size="11" text-anchor="middle" '
-               f'fill="#333">Lipschitz constant (ℓ2, log scale)</text>')
-    out.append(f'<text x="{W - right + 10}" y="{top - 14}" font-size="11" fill="#333">upper / lower</text>')
-    for i, r in enumerate(ordered):
-        y = top + row_h * i + row_h / 2
-        v, var = r["variant"], r["kind"]
-        color = variant_color(v)
-        out.append(f'<g class="variant-row" data-variant="{_e(v)}" data-kind="{var}" data-status="{_e(r["status"])}">')
-        out.append(f'<text class="variant-label" x="{left - 8}" y="{y + 4:.1f}" font-size="12" text-anchor="end" '
-                   f'fill="{"#222" if _usable(r) else "#999"}">{_e(v)}</text>')
-        if _usable(r):
-            x = sx(float(r["value"]))
-            tight = float(r["value"]) / lb if (lb and var == "upper") else None
-            tip = f"{v}: {fmt(r['value'], 6)}" + (f" (×{tight:.4f} the lower bound)" if tight else "")
-            if r.get("vacuous"):
-                tip += " — vacuous"
-            if lb and var == "upper":
-                out.append(f'<line x1="{sx(lb):.1f}" x2="{x:.1f}" y1="{y:.1f}" y2="{y:.1f}" stroke="{color}" '
-                           f'stroke-opacity="0.35" stroke-width="3"/>')
-            if var == "lower":
-                out.append(f'<path d="M{x:.1f},{y - 6:.1f} l6,6 l-6,6 l-6,-6 z" fill="{color}"><title>{_e(tip)}'
-                           f"</title></path>")
-            else:
-                fill = "white" if r.get("vacuous") else color
-                out.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5.5" fill="{fill}" stroke="{color}" '
-                           f'stroke-width="2"><title>{_e(tip)}</title></circle>')
-            label = times(tight) if tight else ("lower" if var == "lower" else fmt(r["value"]))
-            if lb and var == "upper" and float(r["value"]) < lb * (1 - 1e-6):
-                label = "UNSOUND"
-            out.append(f'<text class="tightness" x="{W - right + 10}" y="{y + 4:.1f}" font-size="12" '
-                       f'fill="#222">{_e(label)}</text>')
-        else:
-            reason = (r.get("reason") or "").splitlines()[0] if r.get("reason") else ""
-            short = reason if len(reason) <= 70 else reason[:67] + "…"
-            out.append(f'<text x="{left + 6}" y="{y + 4:.1f}" font-size="11" font-style="italic" fill="#999">'
-                       f'{_e(r["status"])}{": " + _e(short) if short else ""}<title>{_e(reason)}</title></text>')
-        out.append("</g>")
-    if not ordered:
-        out.append(f'<text x="{left}" y="{top + 12}" font-size="12" fill="#999">no results</text>')
-    out.append("</svg>")
-    return "".join(out)
+    """Every variant's bound vs the measured lower bound for one model (log x axis), tightness at the right.
+
+    The shaded region below the lower bound is where no sound upper bound can be; a bound inside it is
+    labelled UNSOUND. Refused/failed variants keep their row, with the reason."""
+    from matplotlib.transforms import blended_transform_factory as blend
+
+    ordered = [r for r in rows if r["kind"] == "upper"] + [r for r in rows if r["kind"] == "lower"]
+    lb = max((float(r["value"]) for r in ordered if r["kind"] == "lower" and _usable(r)), default=None)
+    n, tag = max(len(ordered), 1), Tags()
+    with style():
+        fig, ax = figure(760, 86 + 24 * n, (150, 120, 42, 44), model_id)
+        lo, hi = log_limits([float(r["value"]) for r in ordered if _usable(r)] + ([lb] if lb else []))
+        log_axis(ax, "x")
+        ax.set(xlim=(lo, hi), ylim=(n - 0.5, -0.5), xlabel="Lipschitz constant (ℓ2, log scale)")
+        ax.set_yticks(range(len(ordered)), [r["variant"] for r in ordered])
+        ax.tick_params(axis="y", length=0, labelsize=12, labelcolor="#222")
+        ax.spines["left"].set_visible(False)
+        ax.grid(axis="x", color="#e6e6e6")
+        at_row = blend(ax.transAxes, ax.transData)
+        ax.text(1.03, 1.0, "upper / lower", transform=ax.transAxes, va="bottom")
+        if lb:
+            tag(ax.axvspan(lo, lb, color="#fbe3e3", zorder=0), "impossible",
+                "below the measured lower bound: no sound upper bound can be here")
+            ax.axvline(lb, color=LOWER_COLOR, lw=1.5, ls=(0, (5, 3)))
+            ax.text(lb, 1.02, f"lower bound {fmt(lb)}", transform=blend(ax.transData, ax.transAxes), ha="center",
+                    va="bottom", color=LOWER_COLOR, fontsize=10)
+        for i, r in enumerate(ordered):
+            v, kind, ok = r["variant"], r["kind"], _usable(r)
+            row = {"variant": v, "kind": kind, "status": r["status"]}
+            tag(ax.get_yticklabels()[i], "variant-row", **row).set_color("#222" if ok else "#999")
+            if not ok:
+                reason = next(iter((r.get("reason") or "").splitlines()), "")
+                short = reason if len(reason) <= 70 else reason[:67] + "…"
+                tag(ax.text(0.01, i, f"{r['status']}: {short}" if short else str(r["status"]), transform=at_row,
+                            va="center", fontsize=10, style="italic", color="#999"), "reason", reason, **row)
+                continue
+            x, color = float(r["value"]), variant_color(v)
+            tight = x / lb if (lb and kind == "upper") else None
+            tip = (f"{v}: {fmt(x, 6)}" + (f" (×{tight:.4f} the lower bound)" if tight else "")
+                   + (" — vacuous" if r.get("vacuous") else ""))
+            if tight:
+                ax.plot([lb, x], [i, i], color=color, alpha=0.35, lw=3, solid_capstyle="butt")
+            mark = ({"marker": "D", "ms": 8.5, "color": color} if kind == "lower" else
+                    {"marker": "o", "ms": 11, "mew": 2, "mec": color, "mfc": "white" if r.get("vacuous") else color})
+            tag(ax.plot([x], [i], ls="", clip_on=False, **mark)[0], "bound-mark", tip, **row)
+            label = ("UNSOUND" if tight and tight < 1 - 1e-6 else times(tight) if tight else
+                     "lower" if kind == "lower" else fmt(x))
+            tag(ax.text(1.03, i, label, transform=at_row, va="center"), "tightness", **row)
+        if not ordered:
+            ax.text(0.01, 0, "no results", transform=at_row, va="center", color="#999")
+    return inline_svg(fig, "bounds-plot", f"{model_id}: certified upper bounds vs measured lower bound",
+                      "b" + anchor(model_id)[1:] + "-", tag, model=model_id)
 
 
 def history_plot(model_id: str, revisions: Sequence[dict[str, Any]], history: dict[str, dict[str, float]]) -> str:
-    """Bounds across revisions (oldest left): one line per upper variant, the lower bound dashed red."""
+    """Bounds across revisions (oldest left, log y): one line per upper variant, the lower bound dashed red."""
     revs = [r["revision"] for r in revisions]
-    uppers = sorted({v for rev in revs for v in history.get(rev, {}) if not v.startswith("lower")},
-                    key=variant_sort_key)
-    lower_by_rev = {rev: max((x for v, x in history.get(rev, {}).items() if v.startswith("lower")), default=None)
-                    for rev in revs}
-    W, left, right, top, bottom = 760, 70, 170, 30, 58
-    H = top + 220 + bottom
-    n = len(revs)
-    xs = {rev: left + (i + 0.5) * (W - left - right) / max(n, 1) for i, rev in enumerate(revs)}
-    vals = [x for rev in revs for x in history.get(rev, {}).values()]
-    sy = LogScale(vals, top + 220, top)
-    out = [_svg_open(W, H, "history-plot", f"{model_id}: bounds across {n} revision(s)", model=model_id)]
-    out.append(f'<text class="plot-title" x="{left}" y="16" font-size="13" font-weight="600">{_e(model_id)} — '
-               f"{n} revision{'s' if n != 1 else ''}</text>")
-    for t in sy.ticks():
-        y = sy(t)
-        out.append(f'<line x1="{left}" x2="{W - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e6e6e6"/>')
-        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="10" text-anchor="end" fill="#555">{tick_label(t)}'
-                   f"</text>")
-    out.append(f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + 220}" stroke="#888"/>')
-    out.append(f'<line x1="{left}" x2="{W - right}" y1="{top + 220}" y2="{top + 220}" stroke="#888"/>')
-    label_every = max(1, math.ceil(n / 10))  # ~10 labels at most; the newest revision is always labelled
-    for i, r in enumerate(revisions):
-        rev = r["revision"]
-        if (n - 1 - i) % label_every:
-            continue
-        seen = r.get("revision_seen")
-        when = seen.strftime("%Y-%m-%d %H:%M") if isinstance(seen, datetime) else ""
-        out.append(f'<text class="revision-label" x="{xs[rev]:.1f}" y="{top + 236}" font-size="10" '
-                   f'text-anchor="middle" fill="#333">{_e(rev[:10])}<title>{_e(rev)} first seen {when}</title>'
-                   f"</text>")
-        out.append(f'<text x="{xs[rev]:.1f}" y="{top + 249}" font-size="9" text-anchor="middle" fill="#888">'
-                   f"{_e(when[5:])}</text>")
-
-    def series(points: list[tuple[float, float] | None], color: str, dash: str = "") -> str:
-        segs, cur = [], []
-        for p in points + [None]:
-            if p is None:
-                if len(cur) > 1:
-                    segs.append(cur)
-                cur = []
-            else:
-                cur.append(p)
-        d = "".join(f'<polyline fill="none" stroke="{color}" stroke-width="2" {dash} points="'
-                    + " ".join(f"{x:.1f},{y:.1f}" for x, y in s) + '"/>' for s in segs)
-        return d
-
-    for v in uppers:
-        pts = [(xs[rev], sy(history[rev][v])) if v in history.get(rev, {}) else None for rev in revs]
-        color = variant_color(v)
-        out.append(f'<g class="history-series" data-variant="{_e(v)}">' + series(pts, color))
-        for rev, p in zip(revs, pts, strict=True):
-            if p:
-                out.append(f'<circle cx="{p[0]:.1f}" cy="{p[1]:.1f}" r="3.5" fill="{color}"><title>{_e(v)} @ '
-                           f"{_e(rev[:12])}: {fmt(history[rev][v], 6)}</title></circle>")
-        out.append("</g>")
-    lpts = [(xs[rev], sy(lower_by_rev[rev])) if lower_by_rev[rev] else None for rev in revs]
-    if any(lpts):
-        out.append('<g class="history-series" data-variant="lower bound">'
-                   + series(lpts, LOWER_COLOR, 'stroke-dasharray="5,3"'))
-        for rev, p in zip(revs, lpts, strict=True):
-            if p:
-                out.append(f'<path d="M{p[0]:.1f},{p[1] - 5:.1f} l5,5 l-5,5 l-5,-5 z" fill="{LOWER_COLOR}"><title>'
-                           f"lower bound @ {_e(rev[:12])}: {fmt(lower_by_rev[rev], 6)}</title></path>")
-        out.append("</g>")
-    legend = [(v, variant_color(v), "") for v in uppers] + ([("lower bound", LOWER_COLOR, 'stroke-dasharray="5,3"')]
-                                                             if any(lpts) else [])
-    for i, (name, color, dash) in enumerate(legend):
-        y = top + 8 + 17 * i
-        out.append(f'<line x1="{W - right + 14}" x2="{W - right + 34}" y1="{y}" y2="{y}" stroke="{color}" '
-                   f'stroke-width="2" {dash}/><text class="legend" x="{W - right + 40}" y="{y + 4}" '
-                   f'font-size="11">{_e(name)}</text>')
-    out.append("</svg>")
-    return "".join(out)
+    n, at, tag = len(revs), [history.get(rev, {}) for rev in revs], Tags()
+    uppers = sorted({v for h in at for v in h if not v.startswith("lower")}, key=variant_sort_key)
+    series = [(v, variant_color(v), "-", "o", [h.get(v) for h in at]) for v in uppers]
+    lower = [max((x for v, x in h.items() if v.startswith("lower")), default=None) for h in at]
+    if any(x is not None for x in lower):
+        series.append(("lower bound", LOWER_COLOR, (0, (5, 3)), "D", lower))
+    with style():
+        fig, ax = figure(760, 308, (80, 170, 30, 58), f"{model_id} — {n} revision{'s' if n != 1 else ''}")
+        log_axis(ax, "y")
+        ax.set(xlim=(-0.5, n - 0.5), ylim=log_limits(x for h in at for x in h.values()))
+        ax.grid(axis="y", color="#e6e6e6")
+        for name, color, ls, marker, ys in series:
+            tag(ax.plot(range(n), [math.nan if y is None else y for y in ys], color=color, ls=ls, lw=2,
+                        label=name)[0], "history-series", variant=name)
+            for i, y in enumerate(ys):
+                if y is not None:
+                    tag(ax.plot([i], [y], marker, ms=7 if marker == "o" else 6.5, color=color, clip_on=False)[0],
+                        "history-point", f"{name} @ {revs[i][:12]}: {fmt(y, 6)}", variant=name)
+        every = max(1, math.ceil(n / 10))  # ~10 labels at most; the newest revision is always labelled
+        shown = [i for i in range(n) if (n - 1 - i) % every == 0]
+        seen = [revisions[i].get("revision_seen") for i in shown]
+        when = [t.strftime("%Y-%m-%d %H:%M") if isinstance(t, datetime) else "" for t in seen]
+        ax.set_xticks(shown, [f"{revs[i][:10]}\n{w[5:]}" for i, w in zip(shown, when, strict=True)], color="#333")
+        for label, i, w in zip(ax.get_xticklabels(), shown, when, strict=True):
+            tag(label, "revision-label", f"{revs[i]} first seen {w}")
+        if series:
+            ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), handlelength=1.8)
+    return inline_svg(fig, "history-plot", f"{model_id}: bounds across {n} revision(s)",
+                      "h" + anchor(model_id)[1:] + "-", tag, model=model_id)
 
 
-def _heat(t: float) -> str:
-    """Green at tightness 1, through yellow, to red at 30x and beyond (log scale)."""
-    s = min(max(math.log10(t) / math.log10(30), 0.0), 1.0)
-    hue = 120 * (1 - s)
-    return f"hsl({hue:.0f},70%,{82 - 12 * s:.0f}%)"
+def _tightness_grid(details: Sequence[ModelDetail], variants: list[str]) -> list[list[tuple[float | None, str]]]:
+    """(upper / lower, tooltip) per model and variant, then the geometric mean over the models that have one."""
+    grid = []
+    for d in details:
+        lb = max((float(r["value"]) for r in d.latest if r["kind"] == "lower" and _usable(r)), default=None)
+        by_var = {r["variant"]: r for r in d.latest}
+        row: list[tuple[float | None, str]] = []
+        for v in variants:
+            r = by_var.get(v)
+            t = float(r["value"]) / lb if (r and lb and _usable(r)) else None
+            row.append((t, f"{d.model_id} {v}: ×{t:.4f}" if t is not None else
+                        f"{d.model_id} {v}: {(r or {}).get('status', 'not run')} {(r or {}).get('reason') or ''}"))
+        grid.append(row)
+    means: list[tuple[float | None, str]] = []
+    for j, v in enumerate(variants):
+        ts = [t for row in grid if (t := row[j][0]) is not None]
+        t = math.exp(sum(map(math.log, ts)) / len(ts)) if ts else None
+        means.append((t, f"{v}: geometric mean ×{t:.4f} over {len(ts)} model(s)" if t else f"{v}: no data"))
+    return [*grid, means]
 
 
 def tightness_plot(details: Sequence[ModelDetail]) -> str:
-    """Heat map of upper / lower per model (rows) and upper-bound variant (columns), geometric mean below."""
+    """Heat map of upper / lower per model (rows) and upper-bound variant (columns), geometric mean below,
+    coloured on a log scale from green (1) through yellow to red (30x and beyond).
+
+    The means run over different models per variant, so the number of models in each is printed too."""
+    import colorsys
+
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import LinearSegmentedColormap, LogNorm
+    from matplotlib.patches import Rectangle
+
     variants = sorted({r["variant"] for d in details for r in d.latest if r["kind"] == "upper"}, key=variant_sort_key)
-    cell_w, cell_h, left, top = 92, 24, 230, 96
-    W = left + cell_w * max(len(variants), 1) + 20
-    H = top + cell_h * (len(details) + 2) + 30
-    out = [_svg_open(W, H, "tightness-plot", "tightness (certified upper / measured lower) per variant and model")]
-    out.append('<text class="plot-title" x="10" y="16" font-size="13" font-weight="600">Tightness: upper / lower '
-               "(1 = provably optimal; lower is better)</text>")
-    for j, v in enumerate(variants):
-        x = left + cell_w * j + cell_w / 2
-        out.append(f'<text class="variant-label" x="{x:.0f}" y="{top - 8}" font-size="11" text-anchor="start" '
-                   f'transform="rotate(-35 {x:.0f} {top - 8})" fill="{variant_color(v)}">{_e(v)}</text>')
-    per_variant: dict[str, list[float]] = {v: [] for v in variants}
-    for i, d in enumerate([*details, None]):
-        y = top + cell_h * i
-        name = d.model_id if d else "geometric mean"
-        short = name if len(name) <= 34 else "…" + name[-33:]
-        out.append(f'<text class="model-label" x="{left - 8}" y="{y + 16}" font-size="11" text-anchor="end" '
-                   f'font-weight="{400 if d else 600}">{_e(short)}<title>{_e(name)}</title></text>')
-        lb = None
-        by_var: dict[str, dict[str, Any]] = {}
-        if d:
-            lb = max((float(r["value"]) for r in d.latest if r["kind"] == "lower" and _usable(r)), default=None)
-            by_var = {r["variant"]: r for r in d.latest}
-        for j, v in enumerate(variants):
-            x = left + cell_w * j
-            if d:
-                r = by_var.get(v)
-                t = float(r["value"]) / lb if (r and lb and _usable(r)) else None
-                if t is not None:
-                    per_variant[v].append(t)
-                tip = (f"{d.model_id} {v}: ×{t:.4f}" if t is not None else
-                       f"{d.model_id} {v}: {(r or {}).get('status', 'not run')} {(r or {}).get('reason') or ''}")
-            else:
-                ts = per_variant[v]
-                t = math.exp(sum(map(math.log, ts)) / len(ts)) if ts else None
-                tip = f"{v}: geometric mean ×{t:.4f} over {len(ts)} model(s)" if t else f"{v}: no data"
-            fill = _heat(t) if t is not None else "#f2f2f2"
-            out.append(f'<rect class="tightness-cell" data-variant="{_e(v)}" x="{x + 1}" y="{y + 1}" '
-                       f'width="{cell_w - 2}" height="{cell_h - 2}" fill="{fill}"><title>{_e(tip)}</title></rect>')
-            out.append(f'<text x="{x + cell_w / 2:.0f}" y="{y + 16}" font-size="11" text-anchor="middle" '
-                       f'fill="{"#222" if t is not None else "#aaa"}">{times(t) if t else "—"}</text>')
-    # the means run over different models per variant: say over how many
-    y = top + cell_h * (len(details) + 1)
-    out.append(f'<text x="{left - 8}" y="{y + 14}" font-size="10" text-anchor="end" fill="#666">models in the mean'
-               "</text>")
-    for j, v in enumerate(variants):
-        out.append(f'<text class="mean-count" x="{left + cell_w * j + cell_w / 2:.0f}" y="{y + 14}" font-size="10" '
-                   f'text-anchor="middle" fill="#666">{len(per_variant[v])}</text>')
-    out.append("</svg>")
-    return "".join(out)
+    grid, nv, nr, tag = _tightness_grid(details, variants), max(len(variants), 1), len(details) + 1, Tags()
+    stops = [colorsys.hls_to_rgb(120 * (1 - s) / 360, (82 - 12 * s) / 100, 0.7) for s in [k / 10 for k in range(11)]]
+    cmap, norm = LinearSegmentedColormap.from_list("tightness", stops), LogNorm(1, 30, clip=True)
+    W, H = max(230 + 92 * nv + 90, 620), 96 + 24 * (nr + 1) + 30  # wide enough for the title
+    with style():
+        fig, ax = figure(W, H, (230, W - 230 - 92 * nv, 96, 30),
+                         "Tightness: upper / lower (1 = provably optimal; lower is better)")
+        names = [d.model_id for d in details] + ["geometric mean"]
+        ax.set(xlim=(0, nv), ylim=(nr + 1, 0), xticks=[j + 0.5 for j in range(len(variants))])
+        ax.set_xticklabels(variants, rotation=35, ha="left", rotation_mode="anchor", fontsize=11)
+        ax.set_yticks([i + 0.5 for i in range(nr)] + [nr + 0.6],
+                      [m if len(m) <= 34 else "…" + m[-33:] for m in names] + ["models in the mean"], fontsize=11)
+        ax.tick_params(length=0, top=True, labeltop=True, bottom=False, labelbottom=False, labelcolor="#222")
+        for label, v in zip(ax.get_xticklabels(), variants, strict=True):
+            label.set_color(variant_color(v))
+        for label, m in zip(ax.get_yticklabels(), names, strict=False):
+            tag(label, "model-label", m).set_weight("bold" if m == names[-1] else "normal")
+        ax.get_yticklabels()[-1].set(fontsize=10, color="#666")
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        for j in range(len(variants)):
+            n_mean = sum(row[j][0] is not None for row in grid[:-1])
+            tag(ax.text(j + 0.5, nr + 0.6, str(n_mean), ha="center", va="center", fontsize=10, color="#666"),
+                "mean-count")
+        for i, row in enumerate(grid):
+            for j, (t, tip) in enumerate(row):
+                tag(ax.add_patch(Rectangle((j + 0.012, i + 0.04), 0.976, 0.92, edgecolor="none",
+                                           facecolor=cmap(norm(t)) if t is not None else "#f2f2f2")),
+                    "tightness-cell", tip, variant=variants[j])
+                ax.text(j + 0.5, i + 0.5, times(t) if t else "—", ha="center", va="center",
+                        color="#222" if t is not None else "#aaa")
+        bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ticks=[1, 2, 5, 10, 30],
+                           cax=fig.add_axes(((250 + 92 * nv) / W, 54 / H, 12 / W, 24 * nr / H)))
+        bar.ax.set_yticklabels(["×1", "×2", "×5", "×10", "≥×30"])
+        bar.ax.minorticks_off()
+    return inline_svg(fig, "tightness-plot", "tightness (certified upper / measured lower) per variant and model",
+                      "t-", tag)
 
 
 # ---------------------------------------------------------------------------------------------- page

@@ -7,16 +7,18 @@ non-blank pixels). Chromium comes from Debian (`apt-get install chromium`; .ci/s
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 import subprocess
+import xml.etree.ElementTree as ET
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from catalogs import Catalog, ResultRow
-from flows.report import LogScale, load_report_data, log_ticks, render_html, write_report
+from flows.report import bounds_plot, load_report_data, render_html, write_report
 
 T0 = datetime(2026, 11, 20, 3, 0, tzinfo=UTC)
 # model -> revision -> {variant: value | ("refused"/"failed", reason)}; lower-* are measured lower bounds
@@ -76,13 +78,36 @@ def _by_revision(rows: list[ResultRow]) -> list[list[ResultRow]]:
 
 # ------------------------------------------------------------------------------------------ pure functions
 
-def test_log_ticks_cover_wide_and_narrow_ranges():
-    assert log_ticks(0.5, 2e6)[:3] == [1.0, 10.0, 100.0]
-    assert log_ticks(1.3, 9.9) == [2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]
-    narrow = log_ticks(1.41, 1.62)
-    assert len(narrow) >= 2 and all(1.41 <= t <= 1.62 for t in narrow)
-    s = LogScale([1.0, 100.0], 0, 200, pad=1.0)
-    assert s(1.0) == pytest.approx(0) and s(10.0) == pytest.approx(100) and s(100.0) == pytest.approx(200)
+def _tick_labels(svg: str, axis: str) -> list[float]:
+    """The numbers printed at an axis's ticks (major and minor) of one inline matplotlib SVG."""
+    root = ET.fromstring(svg)
+    ticks = [g for g in root.iter() if re.search(rf"-{axis}tick_\d+$", g.get("id", ""))]
+    return [float(t.text.replace("\u2212", "-")) for g in ticks for t in g.iter() if t.tag.endswith("text") and t.text]
+
+
+@pytest.mark.parametrize("lo_exp", [-13, -6, -1, 0, 2, 5, 9, 14, 20])
+@pytest.mark.parametrize("decades", [0.03, 0.4, 2.5, 34])
+def test_bounds_axis_is_logarithmic_and_labelled_over_any_span(lo_exp, decades):
+    """From 1e-13 to 1e21 and from a few percent to 34 decades: increasing, readable labels inside the range."""
+    lo = 1.7 * 10.0 ** lo_exp
+    hi = lo * 10 ** min(decades, 21 - lo_exp)
+    rows = [{"variant": "naive", "kind": "upper", "status": "ok", "value": hi},
+            {"variant": "lower-ascent", "kind": "lower", "status": "ok", "value": lo}]
+    labels = sorted(_tick_labels(bounds_plot("m", rows), "x"))
+    assert len(set(labels)) == len(labels) >= 2, labels
+    assert lo / 1.2 <= labels[0] and labels[-1] <= hi * 1.2, labels
+    if hi / lo > 1e3:  # a wide span is labelled at powers of ten only (a log axis, not a linear one)
+        assert all(math.log10(t) == pytest.approx(round(math.log10(t)), abs=1e-9) for t in labels), labels
+
+
+def test_two_renders_of_one_catalog_are_byte_identical(catalog_path):
+    a, b = load_report_data(catalog_path), load_report_data(catalog_path)
+    b.generated_at = a.generated_at
+    page = render_html(a)
+    assert page == render_html(b)
+    assert "<metadata" not in page and "dc:date" not in page
+    ids = re.findall(r' id="([^"]+)"', page)
+    assert len(ids) == len(set(ids)), "ids must be unique across the inlined figures"
 
 
 def test_report_data_comes_from_the_catalog_queries(catalog_path):
@@ -149,8 +174,7 @@ def test_report_renders_in_headless_chromium(catalog_path, tmp_path):
     # the history of the 3-revision model has its three revisions on the x axis, in order
     hist = re.search(r'<svg[^>]*class="history-plot"[^>]*data-model="hf:acme/mlp-small".*?</svg>', html, re.S)
     assert hist is not None
-    assert re.findall(r'class="revision-label"[^>]*>(\w+)', hist.group(0)) == ["1111111aaa", "2222222bbb",
-                                                                                 "3333333ccc"]
+    assert _revision_labels(hist.group(0)) == ["1111111aaa", "2222222bbb", "3333333ccc"]
     assert 'data-status="refused"' in html and "LipSDP only for plain MLPs" in html
 
     png = tmp_path / "report.png"
@@ -188,6 +212,13 @@ def test_many_revisions_keep_the_axis_readable(tmp_path):
         c.write([ResultRow(**mk, variant="eclipse-fast", kind="upper", status="ok", value=2.0 + i / 10),
                  ResultRow(**mk, variant="lower-sampled", kind="lower", status="ok", value=1.0 + i / 20)])
     page = render_html(load_report_data(cat))
-    labels = re.findall(r'class="revision-label"[^>]*>(\w+)', page)
+    labels = _revision_labels(page)
     assert 5 <= len(labels) <= 10 and labels[-1] == "rev29"
-    assert page.count("<circle") >= 30  # every revision still has its point
+    # every revision still has its point, each with its tooltip (an SVG <title>)
+    for i in range(30):
+        assert f"<title>eclipse-fast @ rev{i:02d}: {2.0 + i / 10:.6g}</title>" in page, i
+        assert f"<title>lower bound @ rev{i:02d}: {1.0 + i / 20:.6g}</title>" in page, i
+
+
+def _revision_labels(svg: str) -> list[str]:
+    return re.findall(r'class="revision-label"[^>]*>(?:<title>[^<]*</title>)?<text[^>]*>(\w+)', svg)
