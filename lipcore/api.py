@@ -17,7 +17,7 @@ from torch import nn
 from .errors import BudgetExceeded, CertificationError, InputError, Refused
 from .mlp.network import MLP
 from .report import BoundResult, Report
-from .variants import DEFAULT_VARIANTS, VARIANTS, Context
+from .variants import DEFAULT_VARIANTS, VARIANTS, Context, option_errors
 from .version import ENGINE_VERSION
 
 log = logging.getLogger("lipcore")
@@ -53,6 +53,8 @@ def load_target(source: Any, *, activation: str | None = None, slope: Sequence[f
 
     if isinstance(source, MLP):
         return source.normalised()
+    if type(source).__name__ == "GraphModel" and type(source).__module__ == "lipcore.graph.trace":
+        return source  # already traced (a caller that planned from the graph): no second trace
     if isinstance(source, nn.Module):
         try:
             return loaders.mlp_from_module(source, name=name, input_shape=input_shape).normalised()
@@ -91,19 +93,24 @@ def analyze(
     """
     dev = resolve_device(device)
     ids = _validate_variants(variants)
+    errs = option_errors(options or {})
+    if errs:
+        raise ValueError("; ".join(errs))
     if name is None and isinstance(model_or_weights, str | Path):
         name = Path(model_or_weights).name
     ctx = Context(device=dev, seed=seed, options=dict(options or {}),
                   deadline=None if budget_s is None else time.monotonic() + budget_s)
-    early = preload_refusals(model_or_weights, ids, ctx)  # too big to even load: refused from the shapes
-    if early is not None:
-        return Report(model=name or "model", results=early, device=str(dev), engine_version=ENGINE_VERSION,
+    results = preload_refusals(model_or_weights, ids, ctx)  # refused from the file's shapes, before loading
+    for vid, res in results.items():
+        if progress is not None:
+            progress(vid, res)
+    if len(results) == len(ids):
+        return Report(model=name or "model", results=results, device=str(dev), engine_version=ENGINE_VERSION,
                       summary={"layer_shapes": [list(map(int, sh)) for sh in weight_shapes(model_or_weights) or []]})
     target = load_target(model_or_weights, activation=activation, slope=slope, input_shape=input_shape, name=name,
                          bn_eps=bn_eps)
     is_graph = not isinstance(target, MLP)
-    results: dict[str, BoundResult] = {}
-    for vid in ids:
+    for vid in [v for v in ids if v not in results]:
         spec = VARIANTS[vid]
         res = BoundResult(variant=vid, kind=spec.kind, status="failed")
         t0 = time.perf_counter()
@@ -135,6 +142,7 @@ def analyze(
         results[vid] = res
         if progress is not None:
             progress(vid, res)
+    results = {vid: results[vid] for vid in ids}  # registry order, whichever were refused before loading
     _soundness_guard(results)
     return Report(model=getattr(target, "name", name or "model"), results=results, device=str(dev),
                   engine_version=ENGINE_VERSION, summary=target.summary())
@@ -171,9 +179,13 @@ def estimate_cost(shapes: Sequence[tuple[int, ...]], kind: str, ctx: Context, va
     """(bytes, seconds) a variant needs on an MLP with these (out, in) weight shapes."""
     wbytes = sum(a * b for a, b in shapes) * 8.0
     if kind == "lower":
-        samples = float(ctx.opt(variant, "samples", 256)) + float(ctx.opt(variant, "starts", 16)) * 300
+        if variant == "lower-ascent":
+            passes = float(ctx.opt(variant, "starts", 16)) * (float(ctx.opt(variant, "steps", 200))
+                                                              + float(ctx.opt(variant, "jv_steps", 100)))
+        else:
+            passes = float(ctx.opt(variant, "samples", 256))
         iters = float(ctx.opt(variant, "power_iters", 30))
-        flops = samples * iters * 4.0 * sum(a * b for a, b in shapes)
+        flops = passes * iters * 4.0 * sum(a * b for a, b in shapes)
         nbytes = wbytes + 256 * 8.0 * sum(a + b for a, b in shapes) * 4
     else:
         n = max(max(a, b) for a, b in shapes)
@@ -206,20 +218,16 @@ def weight_shapes(source: Any) -> list[tuple[int, int]] | None:
     return shapes if shapes and all(len(sh) == 2 for sh in shapes) else None
 
 
-def preload_refusals(source: Any, ids: list[str], ctx: Context) -> dict[str, BoundResult] | None:
-    """Every requested variant refused from the shapes alone (the weights would not even fit as float64), or None."""
+def preload_refusals(source: Any, ids: list[str], ctx: Context) -> dict[str, BoundResult]:
+    """The requested variants refused from the file's shapes alone, before anything is loaded (a 20000-wide layer
+    is refused in a second, not after minutes of reading and converting 3 GB)."""
     shapes = weight_shapes(source)
-    if not shapes:
-        return None
-
     out: dict[str, BoundResult] = {}
-    for vid in ids:
+    for vid in ids if shapes else ():
         try:
             resource_guard(shapes, vid, VARIANTS[vid].kind, ctx)
         except Refused as e:
             out[vid] = BoundResult(variant=vid, kind=VARIANTS[vid].kind, status="refused", reason=str(e))
-            continue
-        return None
     return out
 
 

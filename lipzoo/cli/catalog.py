@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -157,9 +158,27 @@ def _open(args: argparse.Namespace) -> Any:
 
     path = resolve_catalog_path(getattr(args, "catalog", None))
     try:
+        _write_spooled(path)
         return Catalog(path, read_only=True)
     except CatalogError as e:
         raise CliError(str(e)) from e
+
+
+def _write_spooled(path: Any) -> None:
+    """Rows an audit had to spool (the catalog's write lock was held when it ended) are written by the next
+    lipzoo command that reads this catalog, if the lock is free now; otherwise one line says they still wait."""
+    from catalogs import Catalog, CatalogLockedError
+    from flows import spool
+
+    files = spool.pending(path)
+    if not files or not path.exists():
+        return
+    try:
+        n = spool.replay(Catalog(path, lock_timeout_s=0))
+    except CatalogLockedError as e:
+        print(f"lipzoo: {len(files)} spooled run(s) wait to be written ({e})", file=sys.stderr)
+        return
+    print(f"lipzoo: wrote {n} spooled result rows into {path}", file=sys.stderr)
 
 
 def _run(fn: Any, *a: Any, **kw: Any) -> Any:
