@@ -9,7 +9,7 @@ lower bound, naive/best, seconds of eclipse-fast, of the best variant and in tot
 target (the best certified bound >= 1000x below naive, computed in < 180 s on CPU). Torch uses every core of the
 machine unless --threads says otherwise (the per-frequency linear algebra is batched BLAS/LAPACK).
 Models are created with pretrained=False and torch.manual_seed(0); weights that timm
-initialises to zero (Mixer/ResMLP heads, the last BN gamma of each ResNet block) are re-drawn (see _reinit_zero).
+initialises to zero (Mixer/ResMLP heads, the last BN gamma of each ResNet block) are re-drawn (flows.inits.reinit_zero).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import argparse
 import os
 import sys
 import time
+
+from flows.inits import reinit_zero as _reinit_zero  # the timm hub's reinit_zero draw, shared
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -33,22 +35,6 @@ def _lower_opts(quick: bool) -> dict:
                 "lower-ascent": {"starts": 1, "steps": 3, "jv_steps": 3, "power_iters": 3}}
     return {"lower-sampled": {"samples": 4, "power_iters": 5, "batch": 2},
             "lower-ascent": {"starts": 1, "steps": 5, "jv_steps": 5, "power_iters": 5}}
-
-
-def _reinit_zero(m) -> None:  # noqa: ANN001
-    """timm zero-initialises classifier heads (Mixer, ResMLP) and the last BatchNorm gamma of every residual
-    block (zero_init_last): such a net is its shortcut path only. Re-draw those so the benchmark is not
-    degenerate: 2-D+ weights ~ N(0, 0.02), norm gammas = 1."""
-    import torch
-
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            if float(p.abs().max()) != 0.0 or not name.endswith("weight"):
-                continue
-            if p.dim() >= 2:
-                p.normal_(0, 0.02)
-            else:
-                p.fill_(1.0)
 
 
 def run(models: list[str], device: str, budget: float, quick: bool, members: bool) -> int:
