@@ -1,10 +1,9 @@
 """`lipzoo report`: one self-contained HTML page a team can read without lipzoo, a server or the network.
 
-The figures are matplotlib's (SVG backend, text kept as text), inlined into the page: it opens from a mail
-attachment or a CI artifact, offline, with no JavaScript; tooltips are SVG <title> elements added to the
-artists by gid. matplotlib is imported inside the figure functions, so the CLI does not pay for it. Every
-number comes from the catalog's own queries (`Catalog.leaderboard`, `Catalog.history`,
-`Catalog.history_summary`); this module only arranges them.
+The figures are matplotlib's, inlined as SVG (flows/figures.py: no external files, no JavaScript; tooltips are
+SVG <title>s); matplotlib is imported only when a figure is drawn, so the CLI does not pay for it. Every number
+comes from the catalog's own queries (`Catalog.leaderboard`, `Catalog.history`, `Catalog.history_summary`);
+this module only arranges them.
 
 The page: the leaderboard table; per model, every variant's certified upper bound against the measured
 lower bound on a log axis (the shaded region below the lower bound is where no sound bound can be);
@@ -14,7 +13,6 @@ tightness (upper / lower) per variant as a heat map over models; each model's bo
 from __future__ import annotations
 
 import html
-import io
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -22,6 +20,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from .figures import Tags, figure, inline_svg, log_axis, log_limits, style, tick_label
 
 # the registry order of lipcore.variants (not imported: `lipzoo report` must not pay for torch)
 VARIANT_ORDER = ["naive", "eclipse-fast", "sh-spectral", "sh-gershgorin", "sh-shift", "sh-combined", "optimized",
@@ -128,14 +128,6 @@ def fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
-def tick_label(t: float) -> str:
-    """1.5, 20, 300, 4000, then 1e4, 2e5 (shorter than Python's 1e+04)."""
-    if 1e-3 <= t < 1e4:
-        return f"{t:.4g}"
-    k = math.floor(math.log10(t))
-    return f"{t / 10 ** k:.2g}e{k}"
-
-
 def times(t: float) -> str:
     """A tightness ratio: ×1.049, ×16.92, ×1913, ×5.39e4."""
     return "×" + (f"{t:.3f}" if t < 10 else f"{t:.4g}" if t < 1e4 else tick_label(t))
@@ -143,107 +135,6 @@ def times(t: float) -> str:
 
 def anchor(model_id: str) -> str:
     return "m-" + re.sub(r"[^A-Za-z0-9_-]+", "-", model_id).strip("-")
-
-
-def log_limits(values: Iterable[float], pad: float = 1.12) -> tuple[float, float]:
-    """Axis limits around the positive finite values, padded; a near-constant set still gets a visible range."""
-    vals = [v for v in values if v and v > 0 and math.isfinite(v)] or [1.0]
-    lo, hi = min(vals) / pad, max(vals) * pad
-    if hi / lo < 1.05:
-        mid = math.sqrt(lo * hi)
-        lo, hi = mid / 1.05, mid * 1.05
-    return lo, hi
-
-
-# the page's look; a fixed svg.hashsalt makes matplotlib's ids reproducible; text stays <text> (searchable, small)
-STYLE = {"svg.hashsalt": "lipzoo", "svg.fonttype": "none", "font.family": "sans-serif",
-         "font.sans-serif": ["DejaVu Sans"], "font.size": 11, "axes.edgecolor": "#888", "axes.linewidth": 0.8,
-         "xtick.color": "#555", "ytick.color": "#555", "xtick.labelsize": 10, "ytick.labelsize": 10,
-         "axes.spines.top": False, "axes.spines.right": False, "legend.frameon": False, "legend.fontsize": 10}
-
-
-def style() -> Any:
-    """The report's matplotlib settings, for the duration of one figure (the caller's rcParams stay as they are)."""
-    import matplotlib
-
-    return matplotlib.rc_context(STYLE)
-
-
-def figure(width: float, height: float, margins: tuple[float, float, float, float],
-           title: str | None = None) -> tuple[Any, Any]:
-    """A (Figure, Axes) of `width` x `height` pixels, the axes inset by (left, right, top, bottom) pixels.
-
-    A bare `matplotlib.figure.Figure`: no pyplot, hence no GUI backend and no global list of open figures to
-    close (savefig picks the SVG canvas)."""
-    from matplotlib.figure import Figure
-
-    left, right, top, bottom = margins
-    fig = Figure(figsize=(width / 72, height / 72), dpi=72)  # 1 pt = 1 px in the SVG
-    ax = fig.add_axes((left / width, bottom / height, 1 - (left + right) / width, 1 - (top + bottom) / height))
-    if title:
-        fig.text(10 / width, 1 - 4 / height, title, va="top", fontsize=13, weight="bold")
-    return fig, ax
-
-
-def log_axis(ax: Any, which: str) -> None:
-    """Log scale on axis `which` ("x"/"y") printing `tick_label`s; matplotlib picks the ticks (decades on wide
-    ranges, 2..9 between them on narrow ones)."""
-    from matplotlib.ticker import LogFormatter
-
-    class Labels(LogFormatter):
-        def _num_to_string(self, x: float, vmin: float, vmax: float) -> str:
-            return tick_label(x)
-
-    getattr(ax, f"set_{which}scale")("log")
-    getattr(ax, f"{which}axis").set_major_formatter(Labels())
-    getattr(ax, f"{which}axis").set_minor_formatter(Labels(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
-
-
-class Tags(dict[str, dict[str, str]]):
-    """gid -> what `inline_svg` adds to that artist's <g>: a class, data-* attributes and a <title> (tooltip)."""
-
-    def __call__(self, artist: Any, cls: str, title: str | None = None, **data: Any) -> Any:
-        artist.set_gid(f"a{len(self)}")
-        self[artist.get_gid()] = {"class": cls, **{f"data-{k}": str(v) for k, v in data.items()},
-                                  **({"title": title} if title else {})}
-        return artist
-
-
-def inline_svg(fig: Any, cls: str, label: str, prefix: str, tags: dict[str, dict[str, str]], **data: Any) -> str:
-    """The figure as one <svg> element for the page: its ids prefixed by `prefix` (unique on the page), the
-    `tags` added, `cls`, an aria-label, a <title> and data-* on the root. The metadata is dropped (the page
-    carries the date): the same catalog renders to the same bytes."""
-    import xml.etree.ElementTree as ET
-
-    svg, xlink = "http://www.w3.org/2000/svg", "http://www.w3.org/1999/xlink"
-    buf = io.StringIO()
-    with style():
-        fig.savefig(buf, format="svg", metadata={"Date": None})
-    ET.register_namespace("", svg)
-    ET.register_namespace("xlink", xlink)
-    root = ET.fromstring(buf.getvalue())
-    root.remove(root.find(f"{{{svg}}}metadata"))
-
-    def add(el: Any, attrs: dict[str, str]) -> None:
-        for k, v in attrs.items():
-            if k != "title":
-                el.set(k, v)
-        if "title" in attrs:
-            el.insert(0, ET.Element("title"))
-            el[0].text = attrs["title"]
-
-    for el in root.iter():
-        el.text, el.tail = (el.text if el.text and el.text.strip() else None), None
-        for k, v in el.attrib.items():
-            v = " ".join(v.split()) if k == "d" else v.replace("url(#", f"url(#{prefix}")
-            ref = k == f"{{{xlink}}}href" and v.startswith("#")  # not the colorbar's data: URI
-            el.set(k, f"#{prefix}{v[1:]}" if ref else f"{prefix}{v}" if k == "id" else v)
-        add(el, tags.get(el.get("id", "")[len(prefix):], {}))
-    vb = root.get("viewBox", "0 0 0 0")
-    root.attrib.clear()
-    add(root, {"class": cls, "width": vb.split()[2], "height": vb.split()[3], "viewBox": vb, "role": "img",
-               "aria-label": label, **{f"data-{k}": str(v) for k, v in data.items()}, "title": label})
-    return ET.tostring(root, encoding="unicode")
 
 
 def bounds_plot(model_id: str, rows: Sequence[dict[str, Any]]) -> str:
@@ -375,30 +266,22 @@ def tightness_plot(details: Sequence[ModelDetail]) -> str:
     with style():
         fig, ax = figure(W, H, (230, W - 230 - 92 * nv, 96, 30),
                          "Tightness: upper / lower (1 = provably optimal; lower is better)")
-        names = [d.model_id for d in details] + ["geometric mean"]
-        ax.set(xlim=(0, nv), ylim=(nr + 1, 0), xticks=[j + 0.5 for j in range(len(variants))])
-        ax.set_xticklabels(variants, rotation=35, ha="left", rotation_mode="anchor", fontsize=11)
-        ax.set_yticks([i + 0.5 for i in range(nr)] + [nr + 0.6],
-                      [m if len(m) <= 34 else "…" + m[-33:] for m in names] + ["models in the mean"], fontsize=11)
-        ax.tick_params(length=0, top=True, labeltop=True, bottom=False, labelbottom=False, labelcolor="#222")
-        for label, v in zip(ax.get_xticklabels(), variants, strict=True):
-            label.set_color(variant_color(v))
-        for label, m in zip(ax.get_yticklabels(), names, strict=False):
-            tag(label, "model-label", m).set_weight("bold" if m == names[-1] else "normal")
-        ax.get_yticklabels()[-1].set(fontsize=10, color="#666")
-        for spine in ax.spines.values():
-            spine.set_visible(False)
-        for j in range(len(variants)):
-            n_mean = sum(row[j][0] is not None for row in grid[:-1])
-            tag(ax.text(j + 0.5, nr + 0.6, str(n_mean), ha="center", va="center", fontsize=10, color="#666"),
-                "mean-count")
-        for i, row in enumerate(grid):
+        ax.set(xlim=(0, nv), ylim=(nr + 1, 0))
+        ax.set_axis_off()
+        for i, (name, row) in enumerate(zip([d.model_id for d in details] + ["geometric mean"], grid, strict=True)):
+            tag(ax.text(-0.08, i + 0.5, name if len(name) <= 34 else "…" + name[-33:], ha="right", va="center",
+                        weight="bold" if i == nr - 1 else "normal"), "model-label", name)
             for j, (t, tip) in enumerate(row):
                 tag(ax.add_patch(Rectangle((j + 0.012, i + 0.04), 0.976, 0.92, edgecolor="none",
                                            facecolor=cmap(norm(t)) if t is not None else "#f2f2f2")),
                     "tightness-cell", tip, variant=variants[j])
                 ax.text(j + 0.5, i + 0.5, times(t) if t else "—", ha="center", va="center",
                         color="#222" if t is not None else "#aaa")
+        ax.text(-0.08, nr + 0.6, "models in the mean", ha="right", va="center", fontsize=10, color="#666")
+        for j, v in enumerate(variants):
+            ax.text(j + 0.5, -0.3, v, rotation=35, rotation_mode="anchor", color=variant_color(v))
+            tag(ax.text(j + 0.5, nr + 0.6, str(sum(row[j][0] is not None for row in grid[:-1])), ha="center",
+                        va="center", fontsize=10, color="#666"), "mean-count")
         bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ticks=[1, 2, 5, 10, 30],
                            cax=fig.add_axes(((250 + 92 * nv) / W, 54 / H, 12 / W, 24 * nr / H)))
         bar.ax.set_yticklabels(["×1", "×2", "×5", "×10", "≥×30"])

@@ -1,7 +1,7 @@
 """The report's certificate figures (issue 14): certified accuracy vs l2 eps, per model and all models in one.
 
-matplotlib figures inlined like the rest of flows/report.py. The curves are drawn from the stored margins, so
-they are exact step functions: acc(eps) = #{m_i > sqrt(2) L eps} / n.
+matplotlib figures inlined like the rest of the report (flows/figures.py). The curves are drawn from the stored
+margins, so they are exact step functions: acc(eps) = #{m_i > sqrt(2) L eps} / n.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from .report import Tags, _e, figure, inline_svg, style
+from .figures import Tags, figure, inline_svg, style
+from .report import _e
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
            "#7f7f7f"]

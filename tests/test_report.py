@@ -108,6 +108,10 @@ def test_two_renders_of_one_catalog_are_byte_identical(catalog_path):
     assert "<metadata" not in page and "dc:date" not in page
     ids = re.findall(r' id="([^"]+)"', page)
     assert len(ids) == len(set(ids)), "ids must be unique across the inlined figures"
+    # every reference (clip paths, marker definitions) resolves inside its own figure
+    for svg in re.findall(r"<svg.*?</svg>", page, re.S):
+        refs = set(re.findall(r'url\(#([^)]+)\)', svg)) | set(re.findall(r'href="#([^"]+)"', svg))
+        assert refs and refs <= set(re.findall(r' id="([^"]+)"', svg)), refs - set(re.findall(r' id="([^"]+)"', svg))
 
 
 def test_report_data_comes_from_the_catalog_queries(catalog_path):
