@@ -42,6 +42,7 @@ from prefect import flow  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 from prefect.exceptions import ExternalSignal  # noqa: E402
 
+from .hubs import EntryError, get_hub  # noqa: E402
 from .refs import Job, ModelRef, Unresolved  # noqa: E402
 from .tasks import (  # noqa: E402
     GPU_LIMIT_NAME,
@@ -167,8 +168,7 @@ def _discover(zoo: Zoo) -> tuple[list[tuple[ModelRef, Entry]], list[tuple[Unreso
         items = fut.result()
         if not items:  # a pattern / author / folder that matches nothing is an error, not "0 audited"
             for what in _entry_ids(entry):
-                why = "matched no model" + (" (HF_HUB_OFFLINE: only repos in the local cache are listed)"
-                                            if entry.hub == "hf" and os.environ.get("HF_HUB_OFFLINE") else "")
+                why = "matched no model" + get_hub(entry.hub).empty_note()
                 bad.append((Unresolved(entry.hub, what, why), entry))
         for item in items:
             if item.model_id in seen:
@@ -182,17 +182,9 @@ def _discover(zoo: Zoo) -> tuple[list[tuple[ModelRef, Entry]], list[tuple[Unreso
 
 
 def _entry_ids(entry: Entry) -> list[str]:
-    """The repo ids a zoo entry names, for failure rows when its discovery failed as a whole: explicit repos /
-    models / nets, else the author, folder or label."""
-    p = entry.params
-    named = {"hf": "repos", "timm": "models", "bench": "nets"}.get(entry.hub)
-    vals = p.get(named) if named else None
-    ids = [vals] if isinstance(vals, str) else [str(v) for v in vals or []]
-    if entry.hub == "hf" and p.get("author"):
-        ids.insert(0, str(p["author"]))
-    if entry.hub == "local" and p.get("path"):
-        ids = [Path(str(p["path"])).name]
-    return ids or [entry.label]
+    """The repo ids a zoo entry names, for failure rows when its discovery failed as a whole: what its hub says
+    the entry names (explicit repos / models / nets, the author, the folder), else its label."""
+    return get_hub(entry.hub).named(entry.params) or [entry.label]
 
 
 def _say(line: str) -> None:
@@ -496,24 +488,25 @@ def audit_model(hub: str, repo_id: str, revision: str | None = None, *, zoo: str
     t0 = time.perf_counter()
     _check_device(device, runner)
     z = _zoo(zoo, variants, device, budget_s)
+    the_hub = get_hub(hub)
     entry = entry_for(z, hub, repo_id)
-    if entry is None:
-        if hub == "local":
-            raise ValueError(f"local:{repo_id}: not listed by zoo {z.name!r}; pass the zoo that lists its folder")
-        params: dict[str, Any] = {"hf": {"repos": [repo_id]}, "timm": {"models": [repo_id], "pretrained": "auto"},
-                                  "bench": {"nets": [repo_id.split("/")[-1].split("-")[0]]}}.get(hub, {})
+    if entry is None:  # no entry lists it: the hub's own entry for one model, with the zoo's first settings
+        try:
+            params = the_hub.adhoc(repo_id)
+        except EntryError as e:
+            raise ValueError(f"{hub}:{repo_id}: not listed by zoo {z.name!r}; {e}") from None
         base = z.entries[0].settings if z.entries else None
         from .refs import Settings
         from .zoo import DEFAULT_AUDIT_VARIANTS
 
         settings = replace(base) if base else Settings(variants=DEFAULT_AUDIT_VARIANTS)
         entry = Entry(hub, params, settings, f"{hub}:{repo_id}")
-    one = _single_entry(entry, hub, repo_id, revision)
+    one = Entry(entry.hub, the_hub.narrow(dict(entry.params), repo_id, revision), entry.settings, entry.label)
     sub = Zoo(z.name, [one], z.source, z.description)
     found, bad = _discover(sub)
     found = [(r, e) for r, e in found if r.repo_id == repo_id]
     if revision is not None:
-        found = [(_pin(r, revision), e) for r, e in found]
+        found = [(the_hub.pin(r, revision), e) for r, e in found]
     if not found and not bad:
         bad = [(Unresolved(hub, repo_id, f"not found by the {hub} hub"), one)]
     cat = _open_catalog(catalog)
@@ -522,33 +515,3 @@ def audit_model(hub: str, repo_id: str, revision: str | None = None, *, zoo: str
                          discovered_s=time.perf_counter() - t0, t_start=t0)
     return _finish(summary)
 
-
-def _single_entry(entry: Entry, hub: str, repo_id: str, revision: str | None) -> Entry:
-    """The zoo entry narrowed to one model (so discovery resolves only it)."""
-    p = dict(entry.params)
-    if hub == "hf":
-        p.pop("author", None)
-        p["repos"] = [repo_id]
-        if revision:
-            p["revision"] = revision
-    elif hub == "timm":
-        p["models"] = [repo_id]
-        if revision:
-            p["pretrained"] = False  # the pinned revision is applied after discovery; don't ask the hub
-    elif hub == "local":
-        p["pattern"] = [repo_id.split("/", 1)[1] if "/" in repo_id else repo_id]
-    elif hub == "bench":
-        name = repo_id.split("/")[-1].split("-")[0]
-        p["nets"] = [name]
-        p["legacy"] = repo_id.startswith("eclipse-legacy/")
-    return Entry(entry.hub, p, entry.settings, entry.label)
-
-
-def _pin(ref: ModelRef, revision: str) -> ModelRef:
-    """Apply an explicitly requested revision (hf shas are resolved by discovery; a local/bench revision
-    must match what is there now: content digests cannot be fetched at will)."""
-    if ref.hub in ("hf", "timm"):
-        return replace(ref, revision=revision) if ref.hub == "timm" else ref
-    if ref.revision != revision and not ref.revision.startswith(revision):
-        raise ValueError(f"{ref.model_id}: requested revision {revision} but the file is now at {ref.revision}")
-    return ref

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .hubs import HUB_MODULES, EntryError, get_hub
 from .refs import Settings
 
 DEMO_MANIFEST = Path(__file__).resolve().parent.parent / "deploy" / "zoos" / "demo.toml"
@@ -48,12 +49,7 @@ DEMO_MANIFEST = Path(__file__).resolve().parent.parent / "deploy" / "zoos" / "de
 # bound worth having plus both lower bounds; the SDP and the optimizer are opt-in (cost).
 DEFAULT_AUDIT_VARIANTS: tuple[str, ...] = ("naive", "eclipse-fast", "sh-combined", "lower-sampled", "lower-ascent")
 
-HUB_KEYS = {
-    "hf": {"author", "repos", "revision", "endpoint", "search", "limit"},
-    "timm": {"models", "exclude", "pretrained", "seed", "model_args"},
-    "local": {"path", "pattern", "recursive"},
-    "bench": {"nets", "legacy"},
-}
+# each hub's own manifest keys are declared by the hub (`flows.hubs.Hub.keys`), with their types
 # certificate keys (issue 14, flows/certify.py): eval = "builtin:digits" | "x.npz" | "folder/" (labels.csv),
 # preprocess = {mean, std} applied before the model, eps = [...], certify_variants = [...] (per-variant certificates)
 CERTIFY_KEYS = {"eval", "preprocess", "eps", "certify_variants"}
@@ -66,11 +62,7 @@ class ZooError(ValueError):
     """A manifest that cannot be used; the message is one line and names the entry."""
 
 
-# the type every key must have (checked before any work): a name -> (predicate, what it must be)
-def _is_str_list(v: Any) -> bool:
-    return isinstance(v, str) or (isinstance(v, list | tuple) and all(isinstance(x, str) for x in v))
-
-
+# the type every shared key must have (checked before any work): a name -> (predicate, what it must be)
 def _is_num(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
@@ -80,22 +72,6 @@ KEY_TYPES: dict[str, tuple[Any, str]] = {
     "description": (lambda v: isinstance(v, str), "a string"),
     "label": (lambda v: isinstance(v, str), "a string"),
     "hub": (lambda v: isinstance(v, str), "a string"),
-    "models": (lambda v: isinstance(v, list), "a list"),
-    "author": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
-    "repos": (_is_str_list, "a list of \"org/name\" strings"),
-    "revision": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
-    "endpoint": (lambda v: isinstance(v, str), "a URL string"),
-    "search": (lambda v: isinstance(v, str), "a string"),
-    "limit": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive integer"),
-    "exclude": (_is_str_list, "a string or a list of strings"),
-    "pretrained": (lambda v: isinstance(v, bool) or v == "auto", "true, false or \"auto\""),
-    "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
-    "model_args": (lambda v: isinstance(v, dict), "a table"),
-    "path": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
-    "pattern": (_is_str_list, "a string or a list of strings"),
-    "recursive": (lambda v: isinstance(v, bool), "true or false"),
-    "nets": (_is_str_list, "a string or a list of strings"),
-    "legacy": (lambda v: isinstance(v, bool), "true or false"),
     "activation": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
     "slope": (lambda v: isinstance(v, list | tuple) and len(v) == 2 and all(_is_num(x) for x in v),
               "[alpha, beta] (two numbers)"),
@@ -105,13 +81,13 @@ KEY_TYPES: dict[str, tuple[Any, str]] = {
 }
 
 
-def _check_types(raw: dict[str, Any], where: str) -> None:
+def _check_types(raw: dict[str, Any], where: str, hub_keys: dict[str, Any] | None = None) -> None:
+    """Every key's type: the shared keys' from KEY_TYPES, an entry's hub keys' from its hub's declaration."""
     for k, v in raw.items():
-        rule = KEY_TYPES.get(k)
+        key = (hub_keys or {}).get(k)
+        rule = (key.check, key.must_be) if key is not None else KEY_TYPES.get(k)
         if rule is not None and not rule[0](v):
             raise ZooError(f"{where}: {k} must be {rule[1]}, got {v!r}")
-    if "models" in raw and raw.get("hub") == "timm" and not _is_str_list(raw["models"]):
-        raise ZooError(f"{where}: models must be a list of timm names or wildcards, got {raw['models']!r}")
 
 
 def _close(word: str, known: Any) -> str:
@@ -296,50 +272,29 @@ def parse_zoo(data: dict[str, Any], source: str | None = None, base_dir: Path | 
             raise ZooError(f"{where0}: models entry {i} must be a table")
         hub = raw.get("hub")
         where = f"{where0}, models entry {i} (hub {hub!r})"
-        if hub not in HUB_KEYS:
-            raise ZooError(f"{where}: hub must be one of {', '.join(HUB_KEYS)}")
-        allowed = HUB_KEYS[hub] | SETTING_KEYS | {"hub", "label"}
-        unknown = set(raw) - allowed
-        if unknown:
-            k = sorted(unknown)[0]
-            raise ZooError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}{_close(k, allowed)}")
-        _check_types(raw, where)
-        params = {k: raw[k] for k in HUB_KEYS[hub] if k in raw}
-        if hub == "local":
-            if "path" not in params:
-                raise ZooError(f"{where}: needs path = \"folder of checkpoints\"")
-            p = Path(params["path"]).expanduser()
-            params["path"] = str(p if p.is_absolute() or base_dir is None else (base_dir / p).resolve())
-            _check_local_patterns(params, where)
-        elif hub == "hf" and not (params.get("author") or params.get("repos")):
-            raise ZooError(f"{where}: needs author = \"org\" or repos = [\"org/name\", ...]")
-        elif hub == "timm" and not params.get("models"):
-            raise ZooError(f"{where}: needs models = [\"name-or-wildcard\", ...]")
-        elif hub == "bench" and not params.get("nets"):
-            raise ZooError(f"{where}: needs nets = [\"lyr2n20\", ...]")
+        params = _hub_params(raw, where, base_dir)
         label = str(raw.get("label") or f"{hub}#{i}")
         entries.append(Entry(hub, params, _settings(raw, base, where), label))
     return Zoo(name=name, entries=entries, source=source, description=str(data.get("description", "")))
 
 
-def _check_local_patterns(params: dict[str, Any], where: str) -> None:
-    """Every pattern a local entry names must match at least one weight file (a typo would audit nothing and
-    exit 0). No pattern (= every weight file) may match none: a watched folder can start empty. A folder that does
-    not exist is left to discovery (a failed row naming it)."""
-    from fnmatch import fnmatchcase
-
-    from .hubs.local import WEIGHT_EXTS
-
-    root = Path(params["path"])
-    if not root.is_dir() or params.get("pattern") is None:
-        return
-    walk = root.rglob("*") if params.get("recursive", True) else root.glob("*")
-    rels = [(p.relative_to(root).as_posix(), p.name) for p in walk
-            if p.is_file() and p.suffix.lower() in WEIGHT_EXTS]
-    for pat in _as_list(params.get("pattern")):
-        if not any(fnmatchcase(rel, pat) or fnmatchcase(name, pat) for rel, name in rels):
-            raise ZooError(f"{where}: pattern {pat!r} matches no weight file under {root} "
-                           f"({len(rels)} weight file(s) there)")
+def _hub_params(raw: dict[str, Any], where: str, base_dir: Path | None) -> dict[str, Any]:
+    """An entry's hub keys, checked by its hub: only the keys it declares (plus the shared settings), each of
+    the declared type, then the entry as a whole (required keys, paths made absolute against `base_dir`)."""
+    hub_name = raw.get("hub")
+    if not isinstance(hub_name, str) or hub_name not in HUB_MODULES:
+        raise ZooError(f"{where}: hub must be one of {', '.join(HUB_MODULES)}")
+    hub = get_hub(hub_name)
+    allowed = set(hub.keys) | SETTING_KEYS | {"hub", "label"}
+    unknown = set(raw) - allowed
+    if unknown:
+        k = sorted(unknown)[0]
+        raise ZooError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}{_close(k, allowed)}")
+    _check_types(raw, where, dict(hub.keys))
+    try:
+        return hub.validate({k: raw[k] for k in hub.keys if k in raw}, base_dir)
+    except EntryError as e:
+        raise ZooError(f"{where}: {e}") from None
 
 
 def load_zoo(zoo: str | Path | dict[str, Any] | Zoo | None = None) -> Zoo:
@@ -373,56 +328,42 @@ def override(zoo: Zoo, *, variants: Any = None, device: str | None = None, budge
     return Zoo(zoo.name, entries, zoo.source, zoo.description)
 
 
-def adhoc_zoo(*, hf: list[str] | None = None, timm: list[str] | None = None, local: list[str] | None = None,
-              activation: str | None = None, input_shape: list[int] | None = None,
-              endpoint: str | None = None, pretrained: Any = "auto") -> dict[str, Any]:
-    """The manifest the CLI's --hf / --timm / --local flags describe."""
-    models: list[dict[str, Any]] = []
+def adhoc_zoo(*, activation: str | None = None, input_shape: list[int] | None = None,
+              **given: Any) -> dict[str, Any]:
+    """The manifest the CLI's per-hub flags describe: `adhoc_zoo(hf=["org"], timm=["resnet1*"], local=[dir])`.
+
+    A keyword naming a registered hub gives that hub's flag values (the hub turns them into entries); any other
+    keyword is a manifest key of some hub (endpoint = ..., pretrained = ...) set on every entry of the hubs
+    that declare it (None = not given)."""
+    sources = {k: list(v) for k, v in given.items() if k in HUB_MODULES and v}
+    opts = {k: v for k, v in given.items() if k not in HUB_MODULES and v is not None}
+    hubs = [get_hub(name) for name in HUB_MODULES]
+    unread = set(opts) - {k for h in hubs for k in h.keys}
+    if unread:
+        raise TypeError(f"adhoc_zoo: {', '.join(sorted(unread))} is neither a hub nor a hub's manifest key")
     extra: dict[str, Any] = {}
     if activation:
         extra["activation"] = activation
     if input_shape:
         extra["input_shape"] = list(input_shape)
-    for a in hf or []:
-        e: dict[str, Any] = {"hub": "hf", **extra}
-        e["repos" if "/" in a else "author"] = [a] if "/" in a else a
-        if endpoint:
-            e["endpoint"] = endpoint
-        models.append(e)
-    if timm:
-        models.append({"hub": "timm", "models": list(timm), "pretrained": pretrained, **extra})
-    for d in local or []:
-        models.append({"hub": "local", "path": str(Path(d).expanduser().resolve()), **extra})
-    parts = [f"hf:{a}" for a in hf or []] + [f"timm:{p}" for p in timm or []]
-    parts += [f"local:{Path(d).name}" for d in local or []]
+    models: list[dict[str, Any]] = []
+    parts: list[str] = []
+    for hub in hubs:  # the registry's order
+        if hub.name not in sources:
+            continue
+        try:
+            made = hub.cli(sources[hub.name])
+        except EntryError as e:
+            raise ZooError(f"{hub.name}: {e}") from None
+        for params, part in made:
+            models.append({"hub": hub.name, **params, **{k: v for k, v in opts.items() if k in hub.keys}, **extra})
+            parts.append(part)
     return {"name": " ".join(parts) or "adhoc", "models": models}
 
 
 def entry_for(zoo: Zoo, hub: str, repo_id: str) -> Entry | None:
     """The entry of `zoo` a model belongs to (for settings when one model is re-audited), or None."""
-    from fnmatch import fnmatchcase
-
     for e in zoo.entries:
-        if e.hub != hub:
-            continue
-        p = e.params
-        if hub == "hf" and (repo_id in (p.get("repos") or []) or
-                            (p.get("author") and repo_id.startswith(f"{p['author']}/"))):
-            return e
-        if hub == "timm" and any(fnmatchcase(repo_id, pat) for pat in _as_list(p.get("models"))):
-            return e
-        if hub == "local":
-            root = Path(p["path"])
-            pats = _as_list(p.get("pattern")) or ["*"]
-            rel = repo_id.split("/", 1)[1] if repo_id.startswith(root.name + "/") else None
-            if rel is not None and any(fnmatchcase(rel, pat) or fnmatchcase(Path(rel).name, pat) for pat in pats):
-                return e
-        if hub == "bench" and repo_id.split("/")[-1] in _as_list(p.get("nets")):
+        if e.hub == hub and get_hub(hub).lists(e.params, repo_id):
             return e
     return None
-
-
-def _as_list(v: Any) -> list[str]:
-    if v is None:
-        return []
-    return [v] if isinstance(v, str) else [str(x) for x in v]

@@ -9,10 +9,11 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
+from pathlib import Path
 from typing import Any
 
 from ..refs import Loaded, ModelRef, Settings, Unresolved
-from . import HubError
+from . import BOOL, STR_LIST, EntryError, Hub, HubError, as_list
 
 _NET = re.compile(r"^lyr(\d+)n(\d+)$")
 _LOCK = threading.Lock()  # the upstream generator seeds numpy's *global* RNG: one generation at a time
@@ -62,3 +63,24 @@ def fetch(ref: ModelRef, settings: Settings) -> Loaded:
         raise HubError(f"{ref.model_id}: generator output changed (revision {digest[:16]}, expected {ref.revision})")
     net = MLP.from_arrays(ws, get_activation(activation), name=ref.model_id)
     return Loaded(net, input_shape=(ws[0].shape[1],), activation=activation, architecture="mlp", weights_digest=digest)
+
+
+# -- what the zoo and the flows ask of this hub ---------------------------------------------------------
+def _validate(params: dict[str, Any], base_dir: Path | None) -> dict[str, Any]:
+    if not params.get("nets"):
+        raise EntryError('needs nets = ["lyr2n20", ...]')
+    return params
+
+
+def _net_name(repo_id: str) -> str:
+    """eclipse[-legacy]/lyr2n20[-act] -> lyr2n20."""
+    return repo_id.split("/")[-1].split("-")[0]
+
+
+HUB = Hub(
+    name="bench", discover=discover, fetch=fetch, keys={"nets": STR_LIST, "legacy": BOOL},
+    validate=_validate, lists=lambda params, repo_id: repo_id.split("/")[-1] in as_list(params.get("nets")),
+    narrow=lambda params, repo_id, revision: {**params, "nets": [_net_name(repo_id)],
+                                              "legacy": repo_id.startswith("eclipse-legacy/")},
+    named=lambda params: as_list(params.get("nets")), adhoc=lambda repo_id: {"nets": [_net_name(repo_id)]},
+)

@@ -13,12 +13,27 @@ lipcore's loaders, small nn.Sequential CNNs through their ``lipzoo.arch`` metada
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
 
 from ..refs import Loaded, ModelRef, Settings, Unresolved
-from . import WEIGHT_EXTS, HubError, Unsupported, file_digest, load_weight_file
+from . import (
+    NONEMPTY_STR,
+    POS_INT,
+    STR,
+    WEIGHT_EXTS,
+    EntryError,
+    Hub,
+    HubError,
+    Key,
+    Unsupported,
+    as_list,
+    file_digest,
+    is_str_list,
+    load_weight_file,
+)
 
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 WEIGHT_PREFERENCE = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth", "weights.npz")
@@ -183,3 +198,46 @@ def _fetch_timm(ref: ModelRef, settings: Settings, cfg: dict[str, Any]) -> Loade
     model = timm.create_model(f"hf_hub:{ref.repo_id}@{ref.revision}", pretrained=True).eval()
     shape = settings.input_shape or tuple(model.pretrained_cfg.get("input_size") or ()) or None
     return Loaded(model, input_shape=shape, architecture=arch, weights_digest=None, info={"timm": True})
+
+
+# -- what the zoo and the flows ask of this hub ---------------------------------------------------------
+def _validate(params: dict[str, Any], base_dir: Path | None) -> dict[str, Any]:
+    if not (params.get("author") or params.get("repos")):
+        raise EntryError('needs author = "org" or repos = ["org/name", ...]')
+    return params
+
+
+def _lists(params: dict[str, Any], repo_id: str) -> bool:
+    author = params.get("author")
+    return repo_id in as_list(params.get("repos")) or bool(author and repo_id.startswith(f"{author}/"))
+
+
+def _narrow(params: dict[str, Any], repo_id: str, revision: str | None) -> dict[str, Any]:
+    p = {k: v for k, v in params.items() if k != "author"}
+    p["repos"] = [repo_id]
+    if revision:
+        p["revision"] = revision  # discovery resolves it to a commit sha
+    return p
+
+
+def _named(params: dict[str, Any]) -> list[str]:
+    return ([str(params["author"])] if params.get("author") else []) + as_list(params.get("repos"))
+
+
+def _cli(values: list[str]) -> list[tuple[dict[str, Any], str]]:
+    """`--hf ORG` lists an author's models, `--hf ORG/NAME` one repo."""
+    return [({"repos": [a]} if "/" in a else {"author": a}, f"hf:{a}") for a in values]
+
+
+def _empty_note() -> str:
+    return " (HF_HUB_OFFLINE: only repos in the local cache are listed)" if os.environ.get("HF_HUB_OFFLINE") else ""
+
+
+HUB = Hub(
+    name="hf", discover=discover, fetch=fetch,
+    keys={"author": NONEMPTY_STR, "repos": Key(is_str_list, 'a list of "org/name" strings'),
+          "revision": NONEMPTY_STR, "endpoint": Key(STR.check, "a URL string"), "search": STR, "limit": POS_INT},
+    validate=_validate, lists=_lists, narrow=_narrow, named=_named,
+    pin=lambda ref, revision: ref,  # discovery already resolved the requested revision to its sha
+    adhoc=lambda repo_id: {"repos": [repo_id]}, cli=_cli, empty_note=_empty_note,
+)

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import re
 import threading
+from dataclasses import replace
+from fnmatch import fnmatchcase
+from pathlib import Path
 from typing import Any
 
 from ..refs import Loaded, ModelRef, Settings, Unresolved
-from . import HubError, Unsupported
+from . import INT, STR_LIST, TABLE, EntryError, Hub, HubError, Key, Unsupported, as_list
 
 _RANDOM = re.compile(r"^random-init:seed=(-?\d+)(?::timm=.*)?$")
 _INIT_LOCK = threading.Lock()  # seeded init uses torch's global RNG: one model at a time
@@ -132,3 +135,32 @@ def fetch(ref: ModelRef, settings: Settings) -> Loaded:
     model.eval()
     shape = settings.input_shape or tuple(model.pretrained_cfg.get("input_size") or ()) or None
     return Loaded(model, input_shape=shape, architecture=ref.repo_id, info=info)
+
+
+# -- what the zoo and the flows ask of this hub ---------------------------------------------------------
+def _validate(params: dict[str, Any], base_dir: Path | None) -> dict[str, Any]:
+    if not params.get("models"):
+        raise EntryError('needs models = ["name-or-wildcard", ...]')
+    return params
+
+
+def _narrow(params: dict[str, Any], repo_id: str, revision: str | None) -> dict[str, Any]:
+    p = {**params, "models": [repo_id]}
+    if revision:
+        p["pretrained"] = False  # the pinned revision is applied after discovery; don't ask the hub
+    return p
+
+
+HUB = Hub(
+    name="timm", discover=discover, fetch=fetch,
+    keys={"models": Key(lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+                        "a list of timm names or wildcards"),
+          "exclude": STR_LIST, "pretrained": Key(lambda v: isinstance(v, bool) or v == "auto", 'true, false or "auto"'),
+          "seed": INT, "model_args": TABLE},
+    validate=_validate,
+    lists=lambda params, repo_id: any(fnmatchcase(repo_id, pat) for pat in as_list(params.get("models"))),
+    narrow=_narrow, named=lambda params: as_list(params.get("models")),
+    pin=lambda ref, revision: replace(ref, revision=revision),  # a timm revision names its weights: fetchable
+    adhoc=lambda repo_id: {"models": [repo_id], "pretrained": "auto"},
+    cli=lambda values: [({"models": list(values)}, " ".join(f"timm:{v}" for v in values))],
+)
