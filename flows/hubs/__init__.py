@@ -89,7 +89,7 @@ def _as_given(params: dict[str, Any], base_dir: Path | None) -> dict[str, Any]:
 
 
 def _no_adhoc(repo_id: str) -> dict[str, Any]:
-    raise EntryError("pass the zoo that lists it")
+    raise EntryError("pass the zoo that lists it (this hub declares no entry for a single model: Hub.adhoc/lists)")
 
 
 def _no_cli(values: list[str]) -> list[tuple[dict[str, Any], str]]:
