@@ -9,8 +9,10 @@ importing this module costs nothing, so the CLI stays fast.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -63,18 +65,22 @@ def figure(width: float, height: float, margins: tuple[float, float, float, floa
     return fig, ax
 
 
-def log_axis(ax: Any, which: str) -> None:
-    """Log scale on axis `which` ("x"/"y") printing `tick_label`s; matplotlib picks the ticks (decades on wide
-    ranges, 2..9 between them on narrow ones)."""
-    from matplotlib.ticker import LogFormatter
+def log_axis(ax: Any, which: str, limits: tuple[float, float]) -> None:
+    """Log scale over `limits` on axis `which` ("x"/"y") printing `tick_label`s; matplotlib picks the ticks
+    (decades on wide ranges, 2..9 between them, labelled, on narrow ones; none between past 3 decades)."""
+    from matplotlib.ticker import LogFormatter, NullLocator
 
     class Labels(LogFormatter):
         def _num_to_string(self, x: float, vmin: float, vmax: float) -> str:
             return tick_label(x)
 
     getattr(ax, f"set_{which}scale")("log")
-    getattr(ax, f"{which}axis").set_major_formatter(Labels())
-    getattr(ax, f"{which}axis").set_minor_formatter(Labels(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
+    getattr(ax, f"set_{which}lim")(limits)
+    axis = getattr(ax, f"{which}axis")
+    axis.set_major_formatter(Labels())
+    axis.set_minor_formatter(Labels(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
+    if limits[1] / limits[0] > 1e3:  # minor marks add clutter there, and matplotlib's ticks are not cheap
+        axis.set_minor_locator(NullLocator())
 
 
 class Tags(dict[str, dict[str, str]]):
@@ -88,12 +94,15 @@ class Tags(dict[str, dict[str, str]]):
 
 
 def inline_svg(fig: Any, cls: str, label: str, prefix: str, tags: dict[str, dict[str, str]], **data: Any) -> str:
-    """The figure as one <svg> element for the page: its ids prefixed by `prefix` (unique on the page), the
-    `tags` added, `cls`, an aria-label, a <title> and data-* on the root. The metadata is dropped (the page
-    carries the date): the same catalog renders to the same bytes."""
+    """The figure as one compact <svg> element for the page: the `tags` added, `cls`, an aria-label, a <title>
+    and data-* on the root. Only the ids something refers to are kept, made unique on the page by `prefix`;
+    coordinates keep 2 decimals; the font is set once on the root; the metadata is dropped (the page
+    carries the date), so the same catalog renders to the same bytes."""
     import xml.etree.ElementTree as ET
 
     svg, xlink = "http://www.w3.org/2000/svg", "http://www.w3.org/1999/xlink"
+    prefix = "f" + hashlib.sha1(prefix.encode()).hexdigest()[:6]  # ids are content hashes: a clash is harmless
+    href, font = f"{{{xlink}}}href", "font-family: 'DejaVu Sans', sans-serif; "
     buf = io.StringIO()
     with style():
         fig.savefig(buf, format="svg", metadata={"Date": None})
@@ -101,6 +110,8 @@ def inline_svg(fig: Any, cls: str, label: str, prefix: str, tags: dict[str, dict
     ET.register_namespace("xlink", xlink)
     root = ET.fromstring(buf.getvalue())
     root.remove(root.find(f"{{{svg}}}metadata"))
+    used = set(re.findall(r"url\(#([^)]+)\)|href=\"#([^\"]+)\"", ET.tostring(root, encoding="unicode")))
+    used = {a or b for a, b in used}
 
     def add(el: Any, attrs: dict[str, str]) -> None:
         for k, v in attrs.items():
@@ -110,15 +121,25 @@ def inline_svg(fig: Any, cls: str, label: str, prefix: str, tags: dict[str, dict
             el.insert(0, ET.Element("title"))
             el[0].text = attrs["title"]
 
-    for el in root.iter():
+    for el in list(root.iter()):
         el.text, el.tail = (el.text if el.text and el.text.strip() else None), None
-        for k, v in el.attrib.items():
-            v = " ".join(v.split()) if k == "d" else v.replace("url(#", f"url(#{prefix}")
-            ref = k == f"{{{xlink}}}href" and v.startswith("#")  # not the colorbar's data: URI
-            el.set(k, f"#{prefix}{v[1:]}" if ref else f"{prefix}{v}" if k == "id" else v)
-        add(el, tags.get(el.get("id", "")[len(prefix):], {}))
+        attrs, el.attrib = dict(el.attrib), {}
+        for k, v in attrs.items():
+            if k == "id" and v not in used:
+                continue
+            v = re.sub(r"(\.\d\d)\d+", r"\1", " ".join(v.split())).replace("url(#", f"url(#{prefix}")
+            if k == "transform" and v.startswith("rotate(-0 "):
+                continue
+            el.set(k, f"#{prefix}{v[1:]}" if k == href and v.startswith("#") else  # not a data: URI
+                   f"{prefix}{v}" if k == "id" else v.replace(font, "") if k == "style" else v)
+        add(el, tags.get(attrs.get("id", ""), {}))
+    for parent in reversed(list(root.iter())):  # a <g> with no attributes only nests: its children move up
+        for i, child in reversed(list(enumerate(parent))):
+            if child.tag == f"{{{svg}}}g" and not child.attrib:
+                parent[i:i + 1] = list(child)
     vb = root.get("viewBox", "0 0 0 0")
     root.attrib.clear()
     add(root, {"class": cls, "width": vb.split()[2], "height": vb.split()[3], "viewBox": vb, "role": "img",
-               "aria-label": label, **{f"data-{k}": str(v) for k, v in data.items()}, "title": label})
+               "aria-label": label, **{f"data-{k}": str(v) for k, v in data.items()}, "style": font.strip(" ;"),
+               "title": label})
     return ET.tostring(root, encoding="unicode")

@@ -150,8 +150,8 @@ def bounds_plot(model_id: str, rows: Sequence[dict[str, Any]]) -> str:
     with style():
         fig, ax = figure(760, 86 + 24 * n, (150, 120, 42, 44), model_id)
         lo, hi = log_limits([float(r["value"]) for r in ordered if _usable(r)] + ([lb] if lb else []))
-        log_axis(ax, "x")
-        ax.set(xlim=(lo, hi), ylim=(n - 0.5, -0.5), xlabel="Lipschitz constant (ℓ2, log scale)")
+        log_axis(ax, "x", (lo, hi))
+        ax.set(ylim=(n - 0.5, -0.5), xlabel="Lipschitz constant (ℓ2, log scale)")
         ax.set_yticks(range(len(ordered)), [r["variant"] for r in ordered])
         ax.tick_params(axis="y", length=0, labelsize=12, labelcolor="#222")
         ax.spines["left"].set_visible(False)
@@ -203,8 +203,8 @@ def history_plot(model_id: str, revisions: Sequence[dict[str, Any]], history: di
         series.append(("lower bound", LOWER_COLOR, (0, (5, 3)), "D", lower))
     with style():
         fig, ax = figure(760, 308, (80, 170, 30, 58), f"{model_id} — {n} revision{'s' if n != 1 else ''}")
-        log_axis(ax, "y")
-        ax.set(xlim=(-0.5, n - 0.5), ylim=log_limits(x for h in at for x in h.values()))
+        log_axis(ax, "y", log_limits(x for h in at for x in h.values()))
+        ax.set(xlim=(-0.5, n - 0.5))
         ax.grid(axis="y", color="#e6e6e6")
         for name, color, ls, marker, ys in series:
             tag(ax.plot(range(n), [math.nan if y is None else y for y in ys], color=color, ls=ls, lw=2,
