@@ -354,7 +354,7 @@ def adhoc_zoo(*, activation: str | None = None, input_shape: list[int] | None = 
         try:
             made = hub.cli(sources[hub.name])
         except EntryError as e:
-            raise ZooError(f"{hub.name}: {e}") from None
+            raise ZooError(f"--{hub.name} {e}") from None
         for params, part in made:
             models.append({"hub": hub.name, **params, **{k: v for k, v in opts.items() if k in hub.keys}, **extra})
             parts.append(part)

@@ -76,6 +76,8 @@ HUB = Hub(
     narrow=lambda params, repo_id, revision: {**params, "names": [repo_id.split("/", 1)[1]]},
     named=lambda params: [f"dict/{n}" for n in as_list(params.get("names"))],
     adhoc=lambda repo_id: {"names": [repo_id.split("/", 1)[1]]},
+    cli=lambda values: [({"names": list(values)}, "toy:" + ",".join(values))],
+    flag_help="toy models by name; repeatable", flag_metavar="NAME",
 )
 '''
 
@@ -134,6 +136,25 @@ def test_an_unregistered_or_undeclared_hub_is_refused_by_name(toy_hub, tmp_path)
         sys.modules.pop("lipzoo_test_no_hub", None)
     with pytest.raises(ZooError, match="hub must be one of hf, timm, local, bench, toy"):
         parse_zoo({"name": "t", "models": [{"hub": "toys", "names": ["a"]}]})
+
+
+def test_a_new_hubs_flag_comes_from_its_declaration(toy_hub, tmp_path, capsys):
+    """`lipzoo audit --toy NAME` exists because the toy HUB declares flag_help and cli; the CLI names no hub."""
+    from lipzoo.cli import CliError, build_parser
+    from lipzoo.cli.audit import _zoo_arg
+
+    parser = build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["audit", "--help"])
+    assert "--toy NAME" in capsys.readouterr().out
+    args = parser.parse_args(["audit", "--toy", "tiny-a", "--toy", "tiny-b", "--activation", "relu"])
+    d = _zoo_arg(args)
+    assert d["name"] == "toy:tiny-a,tiny-b"
+    assert d["models"] == [{"hub": "toy", "names": ["tiny-a", "tiny-b"], "activation": "relu"}]
+    with pytest.raises(CliError, match="give either a zoo manifest or --hf/--timm/--local/--toy, not both"):
+        _zoo_arg(parser.parse_args(["audit", "z.toml", "--toy", "tiny-a"]))
+    with pytest.raises(CliError, match=r"--local .*nope: no such file or directory"):
+        _zoo_arg(parser.parse_args(["audit", "--local", str(tmp_path / "nope")]))
 
 
 def _cli(capsys, *argv: str) -> tuple[int, str]:

@@ -93,7 +93,7 @@ def _no_adhoc(repo_id: str) -> dict[str, Any]:
 
 
 def _no_cli(values: list[str]) -> list[tuple[dict[str, Any], str]]:
-    raise EntryError("this hub has no command-line flag; list it in a zoo manifest")
+    raise EntryError("has no command-line flag; list the hub's models in a zoo manifest")
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,8 @@ class Hub:
     named(params) -> ids: the model ids an entry names, for failure rows when its discovery fails as a whole.
     pin(ref, revision) -> ref: apply an explicitly requested revision after discovery.
     adhoc(repo_id) -> params: an entry for a model no zoo lists (raise EntryError saying what to do instead).
-    cli(values) -> [(params, name part)]: the entries the CLI's flag for this hub describes.
+    cli(values) -> [(params, name part)]: the entries `lipzoo audit --<name> VALUE ...` describes; the flag
+        exists for hubs with a `flag_help` (its help line; `flag_metavar` names a value).
     empty_note() -> str: said after "matched no model" (why a listing may be empty here).
     """
 
@@ -123,11 +124,18 @@ class Hub:
     adhoc: Callable[[str], dict[str, Any]] = _no_adhoc
     cli: Callable[[list[str]], list[tuple[dict[str, Any], str]]] = _no_cli
     empty_note: Callable[[], str] = lambda: ""
+    flag_help: str = ""
+    flag_metavar: str = "VALUE"
 
 
 def register_hub(name: str, module: str) -> None:
     """Add a hub from outside this package: `module` (importable) declares `HUB = Hub(name=name, ...)`."""
     HUB_MODULES[name] = module
+
+
+def flagged_hubs() -> list[Hub]:
+    """The hubs with a command-line flag (`lipzoo audit --hf ORG`), in the registry's order."""
+    return [h for h in map(get_hub, list(HUB_MODULES)) if h.flag_help]
 
 
 def get_hub(name: str) -> Hub:

@@ -240,4 +240,6 @@ HUB = Hub(
     validate=_validate, lists=_lists, narrow=_narrow, named=_named,
     pin=lambda ref, revision: ref,  # discovery already resolved the requested revision to its sha
     adhoc=lambda repo_id: {"repos": [repo_id]}, cli=_cli, empty_note=_empty_note,
+    flag_help="Hugging Face author/organisation (every model) or repo id org/name; repeatable",
+    flag_metavar="AUTHOR|REPO",
 )

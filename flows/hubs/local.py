@@ -97,6 +97,14 @@ def _lists(params: dict[str, Any], repo_id: str) -> bool:
     return rel is not None and any(fnmatchcase(rel, pat) or fnmatchcase(Path(rel).name, pat) for pat in pats)
 
 
+def _cli(values: list[str]) -> list[tuple[dict[str, Any], str]]:
+    """`--local DIR` (or a single file): one entry per folder, its path made absolute now."""
+    for d in values:
+        if not Path(d).expanduser().exists():
+            raise EntryError(f"{d}: no such file or directory")
+    return [({"path": str(Path(d).expanduser().resolve())}, f"local:{Path(d).name}") for d in values]
+
+
 def _adhoc(repo_id: str) -> dict[str, Any]:
     raise EntryError("pass the zoo that lists its folder")  # a local model is a file in a folder a zoo names
 
@@ -108,5 +116,5 @@ HUB = Hub(
                                               "pattern": [repo_id.split("/", 1)[1] if "/" in repo_id else repo_id]},
     named=lambda params: [Path(str(params["path"])).name] if params.get("path") else [],
     adhoc=_adhoc,
-    cli=lambda values: [({"path": str(Path(d).expanduser().resolve())}, f"local:{Path(d).name}") for d in values],
+    cli=_cli, flag_help="folder (or file) of checkpoints (.safetensors .pt .npz .mat); repeatable", flag_metavar="DIR",
 )

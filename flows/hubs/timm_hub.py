@@ -163,4 +163,5 @@ HUB = Hub(
     pin=lambda ref, revision: replace(ref, revision=revision),  # a timm revision names its weights: fetchable
     adhoc=lambda repo_id: {"models": [repo_id], "pretrained": "auto"},
     cli=lambda values: [({"models": list(values)}, " ".join(f"timm:{v}" for v in values))],
+    flag_help="timm architecture or wildcard; repeatable", flag_metavar="PATTERN",
 )

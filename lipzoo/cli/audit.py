@@ -42,14 +42,14 @@ examples:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
+    from flows.hubs import flagged_hubs
+
     p.add_argument("zoo", nargs="?", metavar="ZOO.toml", help="zoo manifest (default: the demo zoo, unless "
-                   "--hf/--timm/--local name the models)")
+                   f"{_flags()} name the models)")
     src = p.add_argument_group("models instead of a manifest")
-    src.add_argument("--hf", action="append", metavar="AUTHOR|REPO", help="Hugging Face author/organisation "
-                     "(every model) or repo id org/name; repeatable")
-    src.add_argument("--timm", action="append", metavar="PATTERN", help="timm architecture or wildcard; repeatable")
-    src.add_argument("--local", action="append", metavar="DIR", help="folder (or file) of checkpoints "
-                     "(.safetensors .pt .npz .mat); repeatable")
+    for hub in flagged_hubs():  # each hub declares its flag (flows/hubs: Hub.flag_help, Hub.cli)
+        src.add_argument(f"--{hub.name}", dest=hub.name, action="append", metavar=hub.flag_metavar,
+                         help=hub.flag_help)
     src.add_argument("--activation", metavar="ACT", help="activation of plain weight files (relu, tanh, "
                      "leaky_relu:0.1, ...)")
     src.add_argument("--input-shape", nargs="+", type=int, metavar="N", help="input shape without batch "
@@ -92,24 +92,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.set_defaults(func=cmd_watch)
 
 
+def _flags() -> str:
+    from flows.hubs import flagged_hubs
+
+    return "/".join(f"--{h.name}" for h in flagged_hubs())
+
+
 def _zoo_arg(args: argparse.Namespace) -> Any:
     """The manifest path or the ad-hoc manifest dict the arguments describe (validated here: one-line errors
     before any flow starts)."""
-    from flows.zoo import ZooError, adhoc_zoo, load_zoo
+    from flows.hubs import flagged_hubs
+    from flows.zoo import ZooError, adhoc_zoo, load_zoo, override
 
-    adhoc = args.hf or args.timm or args.local
+    sources = {h.name: getattr(args, h.name, None) for h in flagged_hubs()}
+    adhoc = any(sources.values())
     if adhoc and args.zoo:
-        raise CliError("give either a zoo manifest or --hf/--timm/--local, not both")
-    for d in args.local or []:
-        if not Path(d).exists():
-            raise CliError(f"--local {d}: no such file or directory")
-    zoo: Any = adhoc_zoo(hf=args.hf, timm=args.timm, local=args.local, activation=args.activation,
-                         input_shape=args.input_shape, endpoint=args.endpoint,
-                         pretrained={"auto": "auto", "true": True, "false": False}[args.pretrained]) \
-        if adhoc else (str(Path(args.zoo).resolve()) if args.zoo else None)
+        raise CliError(f"give either a zoo manifest or {_flags()}, not both")
     try:
-        from flows.zoo import override
-
+        zoo: Any = adhoc_zoo(**sources, activation=args.activation, input_shape=args.input_shape,
+                             endpoint=args.endpoint,
+                             pretrained={"auto": "auto", "true": True, "false": False}[args.pretrained]) \
+            if adhoc else (str(Path(args.zoo).resolve()) if args.zoo else None)
         override(load_zoo(zoo), variants=args.variant, device=args.device, budget_s=args.budget)
     except ZooError as e:
         raise CliError(str(e)) from None
