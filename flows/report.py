@@ -153,6 +153,7 @@ def bounds_plot(model_id: str, rows: Sequence[dict[str, Any]]) -> str:
         log_axis(ax, "x", (lo, hi))
         ax.set(ylim=(n - 0.5, -0.5), xlabel="Lipschitz constant (ℓ2, log scale)")
         ax.set_yticks(range(len(ordered)), [r["variant"] for r in ordered])
+        labels = ax.get_yticklabels()
         ax.tick_params(axis="y", length=0, labelsize=12, labelcolor="#222")
         ax.spines["left"].set_visible(False)
         ax.grid(axis="x", color="#e6e6e6")
@@ -167,7 +168,7 @@ def bounds_plot(model_id: str, rows: Sequence[dict[str, Any]]) -> str:
         for i, r in enumerate(ordered):
             v, kind, ok = r["variant"], r["kind"], _usable(r)
             row = {"variant": v, "kind": kind, "status": r["status"]}
-            tag(ax.get_yticklabels()[i], "variant-row", **row).set_color("#222" if ok else "#999")
+            tag(labels[i], "variant-row", **row).set_color("#222" if ok else "#999")
             if not ok:
                 reason = next(iter((r.get("reason") or "").splitlines()), "")
                 short = reason if len(reason) <= 70 else reason[:67] + "…"
@@ -204,7 +205,7 @@ def history_plot(model_id: str, revisions: Sequence[dict[str, Any]], history: di
     with style():
         fig, ax = figure(760, 308, (80, 170, 30, 58), f"{model_id} — {n} revision{'s' if n != 1 else ''}")
         log_axis(ax, "y", log_limits(x for h in at for x in h.values()))
-        ax.set(xlim=(-0.5, n - 0.5))
+        ax.set(xlim=(-0.5, max(n, 1) - 0.5))
         ax.grid(axis="y", color="#e6e6e6")
         for name, color, ls, marker, ys in series:
             tag(ax.plot(range(n), [math.nan if y is None else y for y in ys], color=color, ls=ls, lw=2,

@@ -142,6 +142,12 @@ def test_html_is_self_contained_and_labels_every_plot(catalog_path):
     # the tightness heat map carries the numbers: resnet18 optimized 1.1e5 / 57.5
     assert "×1913<" in page
     assert "×1.049" in page  # mlp-tanh optimized 1.49 / 1.42
+    # the tooltips (SVG <title>) carry the exact values: heat-map cells, bound marks, the impossible region
+    assert "<title>timm:resnet18 optimized: ×1913.0435</title>" in page
+    assert "<title>timm:resnet18 lipsdp-neuron: refused LipSDP only for plain MLPs</title>" in page
+    assert "<title>optimized: geometric mean ×" in page and "over 3 model(s)</title>" in page
+    assert "<title>optimized: 1.49 (×1.0493 the lower bound)</title>" in page
+    assert page.count("<title>below the measured lower bound: no sound upper bound can be here</title>") == 3
 
 
 # ------------------------------------------------------------------------------------------ headless Chromium
