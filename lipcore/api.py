@@ -209,7 +209,9 @@ def weight_shapes(source: Any) -> list[tuple[int, int]] | None:
                     if info.filename.startswith("W") and info.filename.endswith(".npy"):
                         with z.open(info) as fh:
                             version = np.lib.format.read_magic(fh)
-                            shape = np.lib.format._read_array_header(fh, version)[0]  # type: ignore[attr-defined]
+                            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                    else np.lib.format.read_array_header_2_0)
+                            shape = read(fh)[0]
                         shapes.append(tuple(int(d) for d in shape))
         else:
             return None

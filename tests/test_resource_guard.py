@@ -26,6 +26,14 @@ def test_an_npz_is_guarded_from_its_headers_and_small_nets_are_untouched(tmp_pat
     np.savez(p, W1=np.ones((3000, 3000), dtype=np.float32), W2=np.ones((1, 3000), dtype=np.float32))
     r = lipcore.analyze(str(p), variants=["eclipse-fast"], activation="relu")
     assert r.results["eclipse-fast"].status == "refused" and "needs ~0.47 GiB" in r.results["eclipse-fast"].reason
+    assert r.summary == {"layer_shapes": [[3000, 3000], [1, 3000]]}  # refused from the headers: nothing was loaded
+    monkeypatch.setenv("LIPZOO_MAX_MEMORY_GB", "0.3")  # the upper bounds' dense work does not fit, the weights do
+    seen: list[tuple[str, str]] = []
+    r = lipcore.analyze(str(p), variants=["eclipse-fast", "naive", "lower-sampled"], activation="relu",
+                        options={"lower-sampled": {"samples": 4}}, progress=lambda v, res: seen.append((v, res.status)))
+    # the shape-refused ones are reported first, before the file loads for the lower bound
+    assert seen == [("naive", "refused"), ("eclipse-fast", "refused"), ("lower-sampled", "ok")]
+    assert list(r.results) == ["naive", "eclipse-fast", "lower-sampled"] and r.summary["layers"] == 2
     small = lipcore.analyze([np.eye(4), np.ones((1, 4))], variants=["eclipse-fast", "lower-sampled"],
                             activation="relu")
     assert all(x.status == "ok" for x in small.results.values())

@@ -97,9 +97,17 @@ class MLP:
     # -- torch forward for the lower bounds ------------------------------------------------------------
     def torch_callable(self, device: torch.device | str = "cpu",
                        dtype: torch.dtype = torch.float64) -> Callable[[torch.Tensor], torch.Tensor]:
-        """f as a torch function of a batch (B, n_0) -> (B, n_L), for Jacobian lower bounds."""
-        Ws = [torch.as_tensor(w, dtype=dtype, device=device) for w in self.weights]
-        bs = [None if b is None else torch.as_tensor(b, dtype=dtype, device=device) for b in self.biases]
+        """f as a torch function of a batch (B, n_0) -> (B, n_L), for Jacobian lower bounds.
+
+        The converted weights are kept per (device, dtype): the lower bounds ask for float32 and float64 forms
+        again and again, and converting a 20000-wide layer costs seconds each time."""
+        key = (str(torch.device(device)), dtype, tuple(map(id, self.weights)), tuple(map(id, self.biases)))
+        cache = self.__dict__.setdefault("_torch_weights", {})
+        if key not in cache:
+            cache[key] = ([torch.as_tensor(w, dtype=dtype, device=device) for w in self.weights],
+                          [None if b is None else torch.as_tensor(b, dtype=dtype, device=device)
+                           for b in self.biases])
+        Ws, bs = cache[key]
         fns = [a.torch_fn() for a in self.activations]
 
         def f(x: torch.Tensor) -> torch.Tensor:
