@@ -196,7 +196,8 @@ def estimate_cost(shapes: Sequence[tuple[int, ...]], kind: str, ctx: Context, va
 
 
 def weight_shapes(source: Any) -> list[tuple[int, int]] | None:
-    """The 2-D weight shapes of a list of matrices or an .npz file (read from the headers, nothing loaded)."""
+    """The 2-D weight shapes of a list of matrices, an .npz file or an MLP's .safetensors state dict (read from
+    the headers, nothing loaded); None when the source is anything else."""
     try:
         if isinstance(source, list | tuple) and source and all(hasattr(w, "shape") for w in source):
             shapes = [tuple(int(d) for d in w.shape) for w in source]
@@ -213,6 +214,14 @@ def weight_shapes(source: Any) -> list[tuple[int, int]] | None:
                                     else np.lib.format.read_array_header_2_0)
                             shape = read(fh)[0]
                         shapes.append(tuple(int(d) for d in shape))
+        elif isinstance(source, str | Path) and str(source).lower().endswith(".safetensors") and Path(source).is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(source), "numpy") as fh:  # the JSON header only
+                dims = [fh.get_slice(k).get_shape() for k in fh.keys()]  # noqa: SIM118
+            if any(len(d) > 2 for d in dims):  # not a plain MLP state dict: the loader decides what it is
+                return None
+            shapes = [tuple(int(x) for x in d) for d in dims if len(d) == 2]
         else:
             return None
     except Exception:  # unreadable: the loader says what is wrong

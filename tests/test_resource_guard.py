@@ -44,3 +44,19 @@ def test_an_upper_bound_estimated_past_the_budget_is_refused():
     r = lipcore.analyze(w, variants=["eclipse-fast"], activation="relu", budget_s=0.5)
     res = r.results["eclipse-fast"]
     assert res.status == "refused" and "exceeds the" in res.reason and "left of the budget" in res.reason
+
+
+def test_an_mlp_safetensors_is_guarded_from_its_header(tmp_path, monkeypatch):
+    import torch
+    from safetensors.torch import save_file
+
+    monkeypatch.setenv("LIPZOO_MAX_MEMORY_GB", "0.05")
+    p = tmp_path / "big.safetensors"
+    save_file({"0.weight": torch.ones(3000, 3000), "0.bias": torch.ones(3000), "2.weight": torch.ones(1, 3000)},
+              str(p), metadata={"activation": "relu"})
+    r = lipcore.analyze(str(p), variants=["naive", "eclipse-fast"])
+    assert all(x.status == "refused" and "3000 wide" in x.reason for x in r.results.values())
+    assert r.summary == {"layer_shapes": [[3000, 3000], [1, 3000]]}
+    conv = tmp_path / "conv.safetensors"  # not an MLP state dict: the loader decides (here: what it refuses)
+    save_file({"w": torch.ones(3, 2, 3, 3)}, str(conv))
+    assert lipcore.api.weight_shapes(str(conv)) is None
