@@ -12,7 +12,9 @@ from lipcore import MLP, CertificationError
 from lipcore.activations import from_slope, get_activation
 from lipcore.mlp.benchnets import eclipse_net
 from lipcore.mlp.recursion import (
+    LMAX_HAIR,
     SN1,
+    SYRK_MIN_N,
     Rule,
     certify,
     certify_log,
@@ -20,11 +22,13 @@ from lipcore.mlp.recursion import (
     form_m,
     form_m_batch,
     lanczos_extremes,
+    lmax_upper,
     naive_lower_log,
     naive_value,
     run_greedy,
     run_greedy_beside,
     run_rule,
+    sym_gram,
 )
 
 
@@ -207,3 +211,63 @@ def test_naive_lower_log_is_below_naive():
         exact = naive_value(net)[1]
         assert est <= exact + 1e-12
         assert est >= exact - 0.5 * len(net.weights)  # a real estimate, not -inf: within e^0.5 per layer
+
+
+def _psd(n: int, seed: int, cluster: float = 0.0) -> torch.Tensor:
+    """A random PSD matrix; `cluster` > 0 pulls the top eigenvalues together (slow Lanczos convergence)."""
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    ev = torch.rand(n, generator=g, dtype=torch.float64) ** 0.5
+    if cluster:
+        ev = torch.where(ev > 0.9, 0.99 + cluster * (ev - 0.9), ev)
+    a = (q * ev) @ q.T
+    return 0.5 * (a + a.T)
+
+
+@pytest.mark.parametrize("n", [30, 255, 256, 400])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("cluster", [0.0, 1e-3])
+def test_lmax_upper_is_certified_and_a_hair_above(n, seed, cluster):
+    """lmax_upper ≥ λ_max (dense eigvalsh as the reference) and within the hair above it, certify on or off."""
+    a = _psd(n, seed, cluster)
+    lm = float(torch.linalg.eigvalsh(a)[-1])
+    t = lmax_upper(a)
+    assert lm <= t <= lm * (1 + 20 * LMAX_HAIR)
+    assert lmax_upper(a, certify=False) == t  # the certificate only proves the same number
+
+
+def test_lmax_upper_never_returns_an_uncertified_estimate():
+    """A Lanczos estimate below λ_max (an indefinite shift) is not returned: the dense solve decides instead."""
+    a = _psd(300, 5)
+    lm = float(torch.linalg.eigvalsh(a)[-1])
+    from lipcore.mlp import recursion
+
+    assert not recursion._certify_below(a, lm * (1 - 1e-6))
+    assert recursion._certify_below(a, lm * (1 + 1e-9))
+
+
+@pytest.mark.parametrize("shape", [(5, 3), (60, 40), (300, 200), (64, 64)])
+@pytest.mark.parametrize("layout", ["c", "f", "strided"])
+def test_sym_gram_is_symmetric_gram(shape, layout):
+    g = torch.Generator().manual_seed(shape[0])
+    y = torch.randn(*shape, generator=g, dtype=torch.float64)
+    if layout == "f":
+        y = y.T.contiguous().T
+    elif layout == "strided":
+        y = torch.randn(shape[0], 2 * shape[1], generator=g, dtype=torch.float64)[:, ::2]
+    got = sym_gram(y, 0.37)
+    want = 0.37 * (y.T @ y)
+    if shape[1] >= SYRK_MIN_N:  # the syrk path mirrors one triangle
+        assert torch.equal(got, got.T)
+    assert torch.allclose(got, want, rtol=1e-13, atol=1e-13 * float(want.abs().max()))
+
+
+@pytest.mark.parametrize(("layers", "width"), [(6, 40), (4, 300)])
+def test_certified_rule_lmax_gives_the_same_bound(layers, width, monkeypatch):
+    """Proving t ≥ λ_max for every layer (CERTIFY_RULE_LMAX) changes no value: the proof is of the same t."""
+    from lipcore.mlp import recursion
+
+    net = eclipse_net(layers, width)
+    plain = run_rule(net, SN1, keep_p=False).value
+    monkeypatch.setattr(recursion, "CERTIFY_RULE_LMAX", True)
+    assert run_rule(net, SN1, keep_p=False).value == plain

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -91,13 +92,62 @@ def _warm(net: MLP, ctx: Context) -> tuple[str, Trajectory]:
     return best_trajectory(net, ctx)
 
 
+CERTIFY_EVERY = 100  # Adam steps between certifications of the best point so far (anytime: one is always at hand)
+
+
+@dataclass
+class _Anytime:
+    """The best *certified* value so far and what it cost to get: what `optimized` returns when time runs out."""
+
+    value: float
+    step: int = 0  # the Adam step whose point certified (0: the warm start)
+    cert_seconds: float = 0.0  # longest certification so far (the time reserved for the last one)
+    certified: int = 0  # points that certified
+    failures: list[str] = field(default_factory=list)
+
+    def certify(self, net: MLP, logs: list[tuple[torch.Tensor, float]], step: int, dev: torch.device) -> None:
+        """Certify the point `logs` (float64 recursion, every Cholesky checked); keep it if it beats the best."""
+        t0 = time.monotonic()
+        try:
+            cert = certify_log(net, true_log_lambdas(logs), device=dev, check=None)
+        except CertificationError as e:
+            self.failures.append(str(e)[:200])
+            return
+        finally:
+            self.cert_seconds = max(self.cert_seconds, time.monotonic() - t0)
+        self.certified += 1
+        if cert.value < self.value:
+            self.value, self.step = cert.value, step
+
+
 def optimized(net: MLP, ctx: Context) -> tuple[float, dict[str, Any]]:
-    """Adam on log L̂ over the complete (c, U) parameterisation, warm-started, certified, ≤ sh-combined."""
-    t_start = time.monotonic()
+    """Adam on log L̂ over the complete (c, U) parameterisation, warm-started, certified, ≤ sh-combined; anytime.
+
+    Why anytime: a deep wide net can need more steps than its budget holds. The best point is certified every
+    CERTIFY_EVERY steps, the loop stops while the time left still holds one more certification (and a step), and
+    the best certified value is returned with how far the run got (steps of steps_planned, why it stopped). Only a
+    warm start that cannot be computed in time raises BudgetExceeded (from the closed forms' deadline checks).
+    """
     warm_name, warm = _warm(net, ctx)
     if net.depth == 1 or warm.value == 0.0:
         return warm.value, {"warm_start": warm_name, "steps": 0}
     max_steps = int(ctx.opt("optimized", "steps", 2000))
+    best, steps, stopped = _tune(net, ctx, warm, max_steps)
+    out: dict[str, Any] = {"warm_start": warm_name, "warm_value": float(f"{warm.value:.9g}"), "steps": steps,
+                           "steps_planned": max_steps, "stopped": stopped}
+    if not best.certified:
+        reason = best.failures[-1] if best.failures else "no optimisation step succeeded"
+        return warm.value, {**out, "certified": False, "reason": reason}
+    out["certified"] = True
+    if best.step == 0:
+        return warm.value, {**out, "used": "warm_start"}
+    out.update(certified_step=best.step, vs_warm=float(f"{best.value / warm.value:.6g}"))
+    return best.value, out
+
+
+def _tune(net: MLP, ctx: Context, warm: Trajectory, max_steps: int) -> tuple[_Anytime, int, str]:
+    """The Adam loop: (best certified point, steps done, why it stopped)."""
+    t_start = time.monotonic()
     lr = float(ctx.opt("optimized", "lr", 0.05))
     tol = float(ctx.opt("optimized", "rtol", 1e-5))  # relative improvement of L̂ that counts as progress
     patience = int(ctx.opt("optimized", "patience", 30))  # steps without progress before the step size halves
@@ -105,26 +155,27 @@ def optimized(net: MLP, ctx: Context) -> tuple[float, dict[str, Any]]:
     max_seconds = ctx.opt("optimized", "max_seconds", 120.0)
 
     fwd = _Forward(net, ctx.device)
-    dev = ctx.device
-    z = [torch.as_tensor(ll - ll.mean(), dtype=torch.float64, device=dev) for ll in warm.log_lambdas]
-    with torch.no_grad():
-        _, _, cs = fwd([torch.zeros((), dtype=torch.float64)] * len(z), z, target=warm.log_lambdas)
-    cs = [min(max(c, 1e-6), 2 - 1e-6) for c in cs]
-    a = [torch.tensor(math.log(c / (2 - c)), dtype=torch.float64, device=dev) for c in cs]
-    params = [*a, *z]
-    for p_ in params:
-        p_.requires_grad_(True)
+    params, a, z = _start(fwd, warm)
     opt = torch.optim.Adam(params, lr=lr)
-
-    best_loss, best_logs, since, steps, failures, halvings = math.inf, None, 0, 0, 0, 0
+    best = _Anytime(warm.value)
+    best_loss, best_logs, best_step, cert_step = math.inf, None, 0, 0
+    since = failures = halvings = steps = 0
+    step_seconds = 0.0
+    budget0, last_cert = ctx.time_left(), time.monotonic()
     best_params = [p_.detach().clone() for p_ in params]
+    stopped = "max_steps"
     for step in range(1, max_steps + 1):
-        steps = step
         left = ctx.time_left()
-        if left is not None and left < 2.0:
-            break  # stop early and leave time to certify what we have
-        if max_seconds is not None and time.monotonic() - t_start > float(max_seconds):
+        # stop while the budget still holds a step and the final certification (with room for timing noise)
+        reserve = 1.5 * (max(best.cert_seconds, step_seconds) + step_seconds) + 0.5
+        if left is not None and left < reserve:
+            stopped = "budget"
             break
+        if max_seconds is not None and time.monotonic() - t_start > float(max_seconds):
+            stopped = "max_seconds"
+            break
+        t0 = time.monotonic()
+        steps = step
         opt.zero_grad()
         try:
             loss, logs, _ = fwd(a, z)
@@ -134,6 +185,7 @@ def optimized(net: MLP, ctx: Context) -> tuple[float, dict[str, Any]]:
         except (torch.linalg.LinAlgError, FloatingPointError, RuntimeError):
             failures += 1
             if failures > 30 or best_logs is None:
+                stopped = "failures"
                 break
             with torch.no_grad():  # back to the best point, smaller steps
                 for p_, v in zip(params, best_params, strict=True):
@@ -142,31 +194,39 @@ def optimized(net: MLP, ctx: Context) -> tuple[float, dict[str, Any]]:
                 group["lr"] *= 0.5
             continue
         lv = float(loss.detach())
-        if lv < best_loss - tol:  # loss is log L̂: absolute change = relative change of L̂
-            since = 0
-        else:
-            since += 1
+        since = 0 if lv < best_loss - tol else since + 1  # loss is log L̂: absolute change = relative change of L̂
         if lv < best_loss:
-            best_loss, best_logs = lv, logs
+            best_loss, best_logs, best_step = lv, logs, step
             best_params = [p_.detach().clone() for p_ in params]
         if since >= patience:  # plateau: halve the step size, stop after max_halvings
             halvings += 1
             if halvings > max_halvings:
+                stopped = "converged"
                 break
             since = 0
             for group in opt.param_groups:
                 group["lr"] *= 0.5
         opt.step()
+        step_seconds = max(step_seconds, time.monotonic() - t0)
+        due = step % CERTIFY_EVERY == 0 or (budget0 is not None and time.monotonic() - last_cert > 0.25 * budget0)
+        if due and best_logs is not None and best_step > cert_step:
+            best.certify(net, best_logs, best_step, ctx.device)
+            cert_step, last_cert = best_step, time.monotonic()
+    left = ctx.time_left()
+    room = left is None or left > 1.2 * max(best.cert_seconds, step_seconds)
+    if best_logs is not None and best_step > cert_step and room:
+        best.certify(net, best_logs, best_step, ctx.device)
+    return best, steps, stopped
 
-    out: dict[str, Any] = {"warm_start": warm_name, "warm_value": float(f"{warm.value:.9g}"), "steps": steps}
-    if best_logs is None:
-        return warm.value, {**out, "certified": False, "reason": "no optimisation step succeeded"}
-    try:
-        cert = certify_log(net, true_log_lambdas(best_logs), device=dev, check=None)
-    except CertificationError as e:
-        return warm.value, {**out, "certified": False, "reason": str(e)[:200]}
-    out["certified"] = True
-    out["vs_warm"] = float(f"{cert.value / warm.value:.6g}") if warm.value > 0 else None
-    if cert.value >= warm.value:
-        return warm.value, {**out, "used": "warm_start"}
-    return cert.value, out
+
+def _start(fwd: _Forward, warm: Trajectory) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """Adam's parameters (a_k, z_k) at the warm start: U_k = its Λ_k up to scale, c_k the value reproducing it."""
+    dev = fwd.device
+    z = [torch.as_tensor(ll - ll.mean(), dtype=torch.float64, device=dev) for ll in warm.log_lambdas]
+    with torch.no_grad():
+        _, _, cs = fwd([torch.zeros((), dtype=torch.float64)] * len(z), z, target=warm.log_lambdas)
+    cs = [min(max(c, 1e-6), 2 - 1e-6) for c in cs]
+    a = [torch.tensor(math.log(c / (2 - c)), dtype=torch.float64, device=dev) for c in cs]
+    for p_ in [*a, *z]:
+        p_.requires_grad_(True)
+    return [*a, *z], a, z
