@@ -126,6 +126,8 @@ def report_rows(ref: ModelRef, loaded: Loaded, report: Any, flow_run_id: str | N
     rows = []
     for vid, r in report.results.items():
         params = dict(r.params or {})
+        if loaded.info.get("notes"):  # what the model is (degenerate init, ...): on every row, never silent
+            params["notes"] = list(loaded.info["notes"])
         rows.append(ResultRow(
             model_id=ref.model_id, hub=ref.hub, repo_id=ref.repo_id, revision=ref.revision, variant=vid,
             kind=r.kind, status=r.status, value=r.value if r.status == "ok" else None, reason=r.reason,

@@ -153,7 +153,16 @@ def discover(entry: Any) -> list[ModelRef | Unresolved]:
 
 
 def fetch(ref: ModelRef, settings: Settings) -> Loaded:
-    return get_hub(ref.hub).fetch(ref, settings)
+    """The hub's fetch, plus a note when the weights are degenerate (identically-zero weight tensors, found from
+    the weights whatever the hub: flows.inits), so no audit or `lipzoo bound` reports it silently."""
+    from .. import inits
+
+    loaded = get_hub(ref.hub).fetch(ref, settings)
+    zero = inits.zero_weights(loaded.target)
+    if zero:
+        loaded.info["notes"] = [*loaded.info.get("notes", []), inits.degenerate_note(zero)]
+        loaded.info["zero_weights"] = zero
+    return loaded
 
 
 def file_digest(path: str | Path) -> str:

@@ -6,8 +6,11 @@ from the standard places (HF_TOKEN, the stored login) because every call passes 
 
 A repo whose config.json has an "architecture" key is a timm model and loads through timm's
 ``hf_hub:<repo>@<sha>`` path (the snapshot is already cached by sha, so timm's own download is a cache hit);
-any other repo must hold a weight file, which loads like a local checkpoint (plain MLP state dicts through
-lipcore's loaders, small nn.Sequential CNNs through their ``lipzoo.arch`` metadata).
+one whose config.json has a "model_type" is in the `transformers` format: it loads through transformers (the
+optional extra `lipzoo[transformers]`; never `trust_remote_code`), bounded on its input embeddings, or is refused
+with that reason when transformers is not installed; any other repo must hold a weight file, which loads like a
+local checkpoint (plain MLP state dicts through lipcore's loaders, small nn.Sequential CNNs through their
+``lipzoo.arch`` metadata).
 """
 
 from __future__ import annotations
@@ -169,6 +172,8 @@ def fetch(ref: ModelRef, settings: Settings) -> Loaded:
             raise HubError(f"{ref.model_id}: config.json is not valid JSON ({e})") from None
     if isinstance(cfg, dict) and "architecture" in cfg:
         return _fetch_timm(ref, settings, cfg)
+    if isinstance(cfg, dict) and "model_type" in cfg:  # a transformers repo: never read as a bare state dict
+        return _fetch_transformers(ref, settings, cfg, folder)
     weights = _weight_file(folder)
     if weights is None:
         raise HubError(f"{ref.model_id}@{ref.revision[:12]}: no weight file ({', '.join(WEIGHT_EXTS)}) in the repo")
@@ -198,6 +203,43 @@ def _fetch_timm(ref: ModelRef, settings: Settings, cfg: dict[str, Any]) -> Loade
     model = timm.create_model(f"hf_hub:{ref.repo_id}@{ref.revision}", pretrained=True).eval()
     shape = settings.input_shape or tuple(model.pretrained_cfg.get("input_size") or ()) or None
     return Loaded(model, input_shape=shape, architecture=arch, weights_digest=None, info={"timm": True})
+
+
+def _fetch_transformers(ref: ModelRef, settings: Settings, cfg: dict[str, Any], folder: Path) -> Loaded:
+    """A transformers-format repo through transformers (local files of the pinned snapshot only, no remote code),
+    as a module of its input embeddings: token ids are not a metric space, so the bound refers to inputs_embeds
+    (sequence x hidden size); its attention layers are then refused by name by the graph engine."""
+    mt = str(cfg.get("model_type"))
+    try:
+        import transformers
+    except ImportError:
+        raise Unsupported(f"{ref.model_id}: transformers-format repo (model_type={mt}): "
+                          "install lipzoo[transformers]") from None
+    try:
+        model = transformers.AutoModel.from_pretrained(str(folder), trust_remote_code=False, local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - an architecture transformers cannot build without remote code, ...
+        raise Unsupported(f"{ref.model_id}: transformers-format repo (model_type={mt}) does not load without "
+                          f"remote code: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    hidden = int(cfg.get("hidden_size") or cfg.get("d_model") or 0)
+    shape = settings.input_shape or ((8, hidden) if hidden else None)
+    return Loaded(_embeds(model.eval()), input_shape=shape, architecture=f"transformers:{mt}",
+                  info={"transformers": True, "input_space": "input embeddings (inputs_embeds), lookup excluded"})
+
+
+def _embeds(model: Any) -> Any:
+    """model(inputs_embeds=x) -> last hidden state, as a module of x (torch imported here, on use only)."""
+    from torch import nn
+
+    class Embeds(nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.model = inner
+
+        def forward(self, x: Any) -> Any:
+            out = self.model(inputs_embeds=x)
+            return out[0] if isinstance(out, tuple) else out.last_hidden_state
+
+    return Embeds(model)
 
 
 # -- what the zoo and the flows ask of this hub ---------------------------------------------------------

@@ -2,7 +2,8 @@
 seeded random initialisation, recorded as such in the revision.
 
 Revisions: ``<hf_hub_id>@<sha>`` for pretrained weights (the commit of timm's weight repo), or
-``random-init:seed=<n>:timm=<version>`` (the init depends on timm's code, so its version is part of it).
+``random-init:seed=<n>[:reinit-zero]:timm=<version>`` (the init depends on timm's code, so its version is part
+of it; `reinit_zero = true` re-draws the tensors timm zero-initialises, flows.inits, and the revision says so).
 `pretrained = "auto"` (default) falls back to the random init when the hub cannot be reached or the
 architecture has no weights; `true` makes that a failure instead; `false` never asks the hub.
 """
@@ -16,10 +17,11 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
+from .. import inits
 from ..refs import Loaded, ModelRef, Settings, Unresolved
-from . import INT, STR_LIST, TABLE, EntryError, Hub, HubError, Key, Unsupported, as_list
+from . import BOOL, INT, STR_LIST, TABLE, EntryError, Hub, HubError, Key, Unsupported, as_list
 
-_RANDOM = re.compile(r"^random-init:seed=(-?\d+)(?::timm=.*)?$")
+_RANDOM = re.compile(r"^random-init:seed=(-?\d+)(:reinit-zero)?(?::timm=.*)?$")
 _INIT_LOCK = threading.Lock()  # seeded init uses torch's global RNG: one model at a time
 
 
@@ -42,8 +44,9 @@ def _timm_version() -> str:
     return version("timm")
 
 
-def random_revision(seed: int) -> str:
-    return f"random-init:seed={int(seed)}:timm={_timm_version()}"
+def random_revision(seed: int, reinit_zero: bool = False) -> str:
+    """The revision of a seeded init; `reinit_zero`: its identically-zero weight tensors re-drawn (flows.inits)."""
+    return f"random-init:seed={int(seed)}{':reinit-zero' if reinit_zero else ''}:timm={_timm_version()}"
 
 
 def pretrained_source(name: str) -> str | None:
@@ -106,7 +109,7 @@ def discover(entry: Any) -> list[ModelRef | Unresolved]:
             if rev is None and mode == "true":
                 refs.append(Unresolved("timm", name, why))
                 continue
-        refs.append(ModelRef("timm", name, rev or random_revision(seed), name))
+        refs.append(ModelRef("timm", name, rev or random_revision(seed, bool(p.get("reinit_zero"))), name))
     return refs
 
 
@@ -122,7 +125,10 @@ def fetch(ref: ModelRef, settings: Settings) -> Loaded:
         with _INIT_LOCK, torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(m[1]))
             model = timm.create_model(ref.repo_id, pretrained=False, **kwargs)
-        info = {"init": "random", "seed": int(m[1])}
+            redrawn = inits.reinit_zero(model) if m[2] else []  # same RNG stream: the revision names the weights
+        info: dict[str, Any] = {"init": "random", "seed": int(m[1])}
+        if redrawn:
+            info["reinit_zero"] = redrawn
     else:
         src, _, sha = ref.revision.rpartition("@")
         if not src:
@@ -132,6 +138,8 @@ def fetch(ref: ModelRef, settings: Settings) -> Loaded:
         hf.download(ModelRef("hf", src, sha))  # pinned snapshot into the cache (no-op when cached)
         model = timm.create_model(f"hf_hub:{src}@{sha}", pretrained=True, **kwargs)
         info = {"init": "pretrained", "hf_hub_id": src}
+        if settings.hub_options.get("reinit_zero"):
+            info["notes"] = ["reinit_zero re-draws random inits only: these pretrained weights are bounded as they are"]
     model.eval()
     shape = settings.input_shape or tuple(model.pretrained_cfg.get("input_size") or ()) or None
     return Loaded(model, input_shape=shape, architecture=ref.repo_id, info=info)
@@ -156,7 +164,7 @@ HUB = Hub(
     keys={"models": Key(lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
                         "a list of timm names or wildcards"),
           "exclude": STR_LIST, "pretrained": Key(lambda v: isinstance(v, bool) or v == "auto", 'true, false or "auto"'),
-          "seed": INT, "model_args": TABLE},
+          "seed": INT, "model_args": TABLE, "reinit_zero": BOOL},
     validate=_validate,
     lists=lambda params, repo_id: any(fnmatchcase(repo_id, pat) for pat in as_list(params.get("models"))),
     narrow=_narrow, named=lambda params: as_list(params.get("models")),
