@@ -304,8 +304,8 @@ def _run_audit(zoo: Zoo, catalog: Any, found: list[tuple[ModelRef, Entry]], bad:
                         continue
                     f = spool.spool(catalog.path, run_id, pending_rows)
                     summary["rows_spooled"] = len(pending_rows)
-                    _say(f"lipzoo: {e}; {len(pending_rows)} computed rows saved to {f}: the next audit of this "
-                         f"catalog writes them")
+                    _say(f"lipzoo: {e}; {len(pending_rows)} computed rows saved to {f}: the next audit or "
+                         f"lipzoo command on this catalog writes them")
                     pending_rows = []
 
         progress.begin(len(jobs), label)

@@ -97,65 +97,21 @@ def _close(word: str, known: Any) -> str:
     return f" (did you mean {m[0]!r}?)" if m else ""
 
 
-_OPT_RE = None
-
-
 def variant_option_keys(variant: str) -> frozenset[str]:
-    """The option keys a variant's code reads (`ctx.opt(<this variant or a variable>, "key", ...)` in the modules
-    that implement it, and `ctx.opt("<variant>", "key", ...)` anywhere in lipcore): what `options.<variant>` may
-    set. Read from lipcore's source, so a new option is declared by using it."""
-    return _option_table().get(variant, frozenset())
-
-
-def _option_table() -> dict[str, frozenset[str]]:
-    global _OPT_RE
-    cached = getattr(_option_table, "_cache", None)
-    if cached is not None:
-        return cached
-    import importlib.util
-    import re
-
-    import lipcore
+    """The option keys `options.<variant>` may set: the ones the variant declares in lipcore's registry."""
     from lipcore import VARIANTS
 
-    _OPT_RE = re.compile(r'opt\(\s*(?:"([a-z0-9-]+)"|[A-Za-z_][\w.]*)\s*,\s*"(\w+)"')
-    root = Path(lipcore.__file__).resolve().parent
-    every = [p.read_text(errors="replace") for p in root.rglob("*.py")]
-    table: dict[str, frozenset[str]] = {}
-    for vid, spec in VARIANTS.items():
-        keys: set[str] = set()
-        for path in (spec.mlp_fn, spec.graph_fn):
-            if not path:
-                continue
-            found = importlib.util.find_spec(path.partition(":")[0])
-            if found is None or not found.origin:
-                continue
-            src = Path(found.origin).read_text(errors="replace")
-            keys |= {k for lit, k in _OPT_RE.findall(src) if not lit or lit == vid}
-        for src in every:
-            keys |= {k for lit, k in _OPT_RE.findall(src) if lit == vid}
-        table[vid] = frozenset(keys)
-    _option_table._cache = table  # type: ignore[attr-defined]
-    return table
+    spec = VARIANTS.get(variant)
+    return frozenset(spec.options) if spec is not None else frozenset()
 
 
 def _check_options(opts: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
-    from lipcore import VARIANTS
+    from lipcore.variants import option_errors
 
-    out: dict[str, dict[str, Any]] = {}
-    for vid, table in opts.items():
-        if vid not in VARIANTS:
-            raise ZooError(f"{where}: options.{vid}: unknown variant{_close(vid, VARIANTS)}; "
-                           f"known: {', '.join(VARIANTS)}")
-        if not isinstance(table, dict):
-            raise ZooError(f"{where}: options.{vid} must be a table of option = value, got {table!r}")
-        declared = variant_option_keys(vid)
-        for k in table:
-            if k not in declared:
-                raise ZooError(f"{where}: options.{vid}.{k}: unknown option{_close(k, declared)}; "
-                               f"{vid} reads: {', '.join(sorted(declared)) or 'no options'}")
-        out[vid] = dict(table)
-    return out
+    errs = option_errors(opts)
+    if errs:
+        raise ZooError(f"{where}: {errs[0]}")
+    return {vid: dict(table) for vid, table in opts.items()}
 
 
 @dataclass

@@ -44,6 +44,7 @@ def _serialized(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 BIG_INPUT = 10_000  # above this many input entries: float32 by default and a much smaller iteration budget
 FULL_JACOBIAN_MAX = 64  # full Jacobian (then SVD) when the input or output has at most this many entries
+FULL_JACOBIAN_CHUNK = 512  # Jacobian rows per stacked pass while sampling (the deadline is checked between)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -129,6 +130,11 @@ class _Lin:
         return self._vjp(u)[0]
 
 
+def _past(ctx: Context) -> bool:
+    left = ctx.time_left()
+    return left is not None and left <= 0
+
+
 @torch.no_grad()
 def _power(f: Fn, x: torch.Tensor, v0: torch.Tensor, iters: int,
            ctx: Context) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
@@ -139,8 +145,11 @@ def _power(f: Fn, x: torch.Tensor, v0: torch.Tensor, iters: int,
     best = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
     best_v = v.clone()
     best_u = torch.zeros_like(lin.out)
-    for _ in range(max(1, iters)):
-        ctx.check_deadline()
+    for it in range(max(1, iters)):
+        if it == 0:
+            ctx.check_deadline()
+        elif _past(ctx):  # every iteration measured a value: stop at the deadline with the best so far
+            break
         u = lin.jv(v)
         un = _bnorm(u)
         if lin.exact_jv:  # ‖J v‖ with unit v: a measured directional derivative
@@ -160,8 +169,12 @@ def _power(f: Fn, x: torch.Tensor, v0: torch.Tensor, iters: int,
 
 
 @torch.no_grad()
-def _full_jacobian_norms(f: Fn, x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    """Spectral norms of the full per-sample Jacobians (small input or output dims): stacked jvps or vjps."""
+def _full_jacobian_norms(f: Fn, x: torch.Tensor, chunk: int = 4096,
+                         ctx: Context | None = None) -> torch.Tensor:
+    """Spectral norms of the full per-sample Jacobians (small input or output dims): stacked jvps or vjps.
+
+    With `ctx`, its deadline is checked between chunks and the norms measured so far are returned when it
+    passes (the first `len(result)` samples of x): one chunk, not a whole batch, is the most it overruns."""
     b = x.shape[0]
     n_in = x[0].numel()
     out0 = f(x[:1])
@@ -169,6 +182,8 @@ def _full_jacobian_norms(f: Fn, x: torch.Tensor, chunk: int = 4096) -> torch.Ten
     norms = []
     step = max(1, chunk // max(1, min(n_in, n_out)))
     for i in range(0, b, step):
+        if ctx is not None and norms and _past(ctx):
+            break
         xb = x[i:i + step]
         m = xb.shape[0]
         if n_in <= n_out:
@@ -261,7 +276,9 @@ def _sample(s: _Setup, ctx: Context, variant: str, g: torch.Generator, samples: 
         done += m
         x = _points(m, s.shape, g, s.scale, s.spread, s.dtype, s.device)
         if s.full:
-            val = _full_jacobian_norms(s.f, x)
+            val = _full_jacobian_norms(s.f, x, chunk=FULL_JACOBIAN_CHUNK, ctx=ctx)
+            done -= m - val.shape[0]
+            x = x[:val.shape[0]]
         else:
             v0 = _randn((m, *s.shape), g, s.dtype, s.device)
             val, bv, bu, ex = _power(s.f, x, v0, iters, ctx)

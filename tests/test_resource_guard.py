@@ -60,3 +60,14 @@ def test_an_mlp_safetensors_is_guarded_from_its_header(tmp_path, monkeypatch):
     conv = tmp_path / "conv.safetensors"  # not an MLP state dict: the loader decides (here: what it refuses)
     save_file({"w": torch.ones(3, 2, 3, 3)}, str(conv))
     assert lipcore.api.weight_shapes(str(conv)) is None
+
+
+def test_lower_bounds_stop_at_the_deadline_and_later_variants_say_the_budget_was_spent():
+    rng = np.random.default_rng(0)
+    w = [rng.standard_normal((1500, 1500)) / 40 for _ in range(4)] + [rng.standard_normal((1, 1500)) / 40]
+    # one output: full Jacobians, first batch 4096 samples (~10 s here); the deadline cuts it between chunks
+    r = lipcore.analyze(w, variants=["lower-sampled", "lower-ascent"], activation="relu", budget_s=1.0)
+    low = r.results["lower-sampled"]
+    assert low.status == "ok" and 0 < low.params["samples"] < 4096 and low.value > 0, low
+    asc = r.results["lower-ascent"]
+    assert asc.status == "refused" and "budget was spent by the variants before it" in asc.reason
