@@ -163,6 +163,23 @@ def test_timm_random_init_fallback_degenerate_and_reinit(capsys) -> None:
     assert values(redrawn) == pytest.approx({v: direct.results[v].value for v in V2.split(",")}, rel=1e-12)
 
 
+def test_safetensors_cnn_naming_its_timm_architecture(capsys, tmp_path) -> None:
+    """A checkpoint file whose metadata names a timm architecture (and its input shape) is rebuilt and bounded as
+    that module, like the local hub loads it; its zero-initialised gammas are noted."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(1)
+    m = timm.create_model("test_resnet", num_classes=3).eval()
+    path = tmp_path / "tr.safetensors"
+    save_file(m.state_dict(), str(path), metadata={"timm.arch": "test_resnet", "timm.model_args": '{"num_classes": 3}',
+                                                   "lipzoo.input_shape": "[3, 16, 16]"})
+    doc, err = bound_json(capsys, path, "-v", "naive")
+    direct = lipcore.analyze(m, ["naive"], input_shape=(3, 16, 16))
+    assert doc["results"]["naive"]["value"] == pytest.approx(direct.results["naive"].value, rel=1e-12)
+    assert doc["target"]["architecture"] == "test_resnet" and doc["target"]["kind"] == "file"
+    assert doc["target"]["revision"] == doc["target"]["weights_digest"][:16]
+    assert len(doc["notes"]) == 1 and "degenerate weights: 4 weight tensor(s)" in err
+
+
 def test_timm_pinned_revision_is_that_init(capsys) -> None:
     timm = pytest.importorskip("timm")
     doc, err = bound_json(capsys, "timm:test_resnet@random-init:seed=3", "--input-shape", TIMM_SHAPE, "-v", "naive")
@@ -176,7 +193,7 @@ def test_timm_pinned_revision_is_that_init(capsys) -> None:
 
 def test_timm_target_bounds_as_the_audit_task_does(capsys) -> None:
     """`lipzoo bound timm:X` and the audit's own per-model work (tasks.run_job on the job of a zoo entry for X, as
-    the flow builds it) give the same values, revision and notes; the full Prefect audit is the slow test below."""
+    the flow builds it) give the same values, revision and notes; the full Prefect audit is the next test."""
     pytest.importorskip("timm")
     from dataclasses import replace
 
@@ -195,7 +212,6 @@ def test_timm_target_bounds_as_the_audit_task_does(capsys) -> None:
     assert all(r.params["notes"] == doc["notes"][1:] for r in out.rows)  # [0] is the CLI's random-init line
 
 
-@pytest.mark.slow
 @pytest.mark.usefixtures("prefect_harness")
 def test_timm_target_bounds_as_it_audits_in_a_zoo(capsys, tmp_path) -> None:
     """The same value from `lipzoo bound timm:X` and from an audit of a zoo entry for X (and the same revision,
