@@ -134,7 +134,10 @@ def resolve(t: Target, settings: Settings, **options: Any) -> Resolved:
         raise TargetError(f"{t.text}: {why}")
     ref = refs[0]
     if t.revision is not None:
-        ref = the_hub.pin(ref, t.revision)
+        rev = t.revision
+        if options.get("reinit_zero") and rev.startswith("random-init:") and ":reinit-zero" not in rev:
+            rev = re.sub(r"^(random-init:seed=-?\d+)", r"\1:reinit-zero", rev)  # the option, on a pinned init
+        ref = the_hub.pin(ref, rev)
     s = replace(settings, hub_options=dict(params))
     try:
         loaded = hubs.fetch(ref, s)

@@ -188,6 +188,9 @@ def test_timm_pinned_revision_is_that_init(capsys) -> None:
     m = timm.create_model("test_resnet", pretrained=False).eval()
     direct = lipcore.analyze(m, ["naive"], input_shape=(3, 16, 16))
     assert doc["results"]["naive"]["value"] == pytest.approx(direct.results["naive"].value, rel=1e-12)
+    again, _ = bound_json(capsys, "timm:test_resnet@random-init:seed=3", "--input-shape", TIMM_SHAPE, "-v", "naive",
+                          "--reinit-zero")
+    assert again["target"]["revision"] == "random-init:seed=3:reinit-zero" and len(again["notes"]) == 1
     assert "unknown timm architecture" in one_error(capsys, "timm:no_such_arch_xyz", "-v", "naive")
 
 

@@ -332,7 +332,8 @@ def _what_lines(res: Any, report: Any) -> list[str]:
     lines = [f"target: {what}" + (f" ({res.loaded.architecture})" if res.loaded.architecture else "")]
     if s.get("kind") == "graph":
         shape = "x".join(map(str, s.get("input_shape") or [])) or "?"
-        space = f"input space: {shape}, {s.get('input_space') or 'as the model takes it'}"
+        where_from = res.loaded.info.get("input_space") or s.get("input_space") or "as the model takes it"
+        space = f"input space: {shape}, {where_from}"
         norm = s.get("normalisation") or {}
         if norm.get("raw_pixel_factor"):
             space += (f"; preprocessing (mean/std) not included: for raw [0, 1] pixels multiply by "
