@@ -372,3 +372,63 @@ def test_family_members_sound(rule: str, idx: int) -> None:
     r = {"gc": gb.rule_gershgorin(1.5), "shift": gb.rule_shift(1.5), "sn": gb.rule_spectral(1.5)}[rule]
     val, _ = fourier.run_recursion(g, r, torch.device("cpu"))
     assert val >= _lower(m, shape, 16) * (1 - 1e-9)
+
+
+# ------------------------------------------------------------------------------------------------ factorisation
+def _hermitian_batch(gen: torch.Generator, F: int, n: int, dtype: torch.dtype, neg: int = 0) -> torch.Tensor:
+    """F Hermitian blocks with eigenvalues in [0.05, 3], the first `neg` of them made indefinite."""
+    z = torch.randn(F, n, n, generator=gen, dtype=torch.float64)
+    if dtype.is_complex:
+        z = torch.complex(z, torch.randn(F, n, n, generator=gen, dtype=torch.float64))
+    q, _ = torch.linalg.qr(z.to(dtype))
+    ev = 0.05 + 2.95 * torch.rand(F, n, generator=gen, dtype=torch.float64)
+    ev[:neg, torch.randint(n, (1,), generator=gen)] = -0.1
+    return (q * ev.to(dtype)[:, None, :]) @ q.mH
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+@pytest.mark.parametrize("n", [1, 3, 16, 17, 40, 100])
+def test_chol_inverse_equals_lapack_and_refuses_indefinite(dtype: torch.dtype, n: int) -> None:
+    from lipcore.graph import factor
+
+    gen = torch.Generator().manual_seed(n)
+    for leaf in (1, 4, 16):
+        M = _hermitian_batch(gen, 6, n, dtype)
+        Linv, d = factor.chol_inverse(M, leaf)
+        L = torch.linalg.cholesky(M)
+        ref = torch.linalg.solve_triangular(L, torch.eye(n, dtype=dtype).expand_as(M), upper=False)
+        assert Linv is not None and d is not None
+        assert float((Linv - ref).abs().max()) <= 1e-10 * float(ref.abs().max())
+        assert torch.allclose(d, L.diagonal(dim1=-2, dim2=-1).real, rtol=1e-12, atol=0)
+        assert float(Linv.triu(1).abs().max()) == 0.0  # lower triangular, nothing above the diagonal
+        for neg in (1, 6):  # one indefinite block in the batch, or all of them: reported, never a partial result
+            Linv, d = factor.chol_inverse(_hermitian_batch(gen, 6, n, dtype, neg=neg), leaf)
+            assert Linv is None and d is None
+
+
+def test_engine_with_a_blocked_factorisation_equals_dense(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Leaves of 1 channel: every M block of the engine goes through the GEMM recursion; same value as dense."""
+    from lipcore.graph import factor
+
+    monkeypatch.setattr(factor, "LEAF", 1)
+    name, m, shape = _nets()[3]
+    g = build_graph(m, shape, name=name)
+    ref = dense_recursion(g, circular=True)
+
+    def exact(gamma: torch.Tensor, grid: cn.Grid) -> float:
+        return 1.0 / float(torch.linalg.eigvalsh(gamma).max())
+
+    val, info = fourier.run_recursion(g, exact, torch.device("cpu"), circular=True)
+    assert val == pytest.approx(ref, rel=2e-6)
+    assert info["flops"] > 0 and set(info["phases"]) >= {"push", "factor", "update"}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_graph_variants_on_cuda_match_cpu() -> None:
+    """One code path: every graph variant on cuda gives the CPU value (to rounding)."""
+    name, m, shape = _nets()[3]
+    g = build_graph(m, shape, name=name)
+    for fn in (gb.naive, gb.eclipse_fast, gb.sh_spectral, gb.sh_gershgorin, gb.sh_shift):
+        cpu, _ = fn(g, Context())
+        gpu, _ = fn(g, Context(device=torch.device("cuda")))
+        assert gpu == pytest.approx(cpu, rel=1e-7), fn.__name__

@@ -51,8 +51,10 @@ branch's activation, so x dies on the fine grid first); the run reports where it
 from __future__ import annotations
 
 import math
+import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -60,8 +62,8 @@ import numpy as np
 import torch
 
 from ..errors import CertificationError, Refused
+from . import factor, ops
 from . import norms as cn
-from . import ops
 from .trace import GraphModel, Node
 
 Rule = Callable[[torch.Tensor, cn.Grid], "float | torch.Tensor"]
@@ -102,6 +104,7 @@ class Stats:
     vacuous: bool = False
     min_margin: float = math.inf
     alias_inflated: list[str] = field(default_factory=list)  # activations whose update took the factor below
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per phase (see Engine.phase)
 
 
 def _lcm(a: int, b: int) -> int:
@@ -140,6 +143,32 @@ class Engine:
         self.i = -1
         self.factor: dict[str, tuple[torch.Tensor, cn.Grid]] = {}  # P_tt = R^* R kept factored (R = L^{-1})
         self.lazy_sigma: dict[str, float] = {}  # certified lambda_max(P_tt) when P_tt is never needed itself
+        self._pstack: list[list[float]] = []  # open phases: [start, seconds spent in nested phases]
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time a phase exclusively (a nested phase's seconds count for it alone): where a run's time goes.
+        Phases: symbols (conv symbols), push (storage push-forwards), rule (choosing multipliers), factor
+        (Cholesky + inverse factor of every M block), update (the activation's storage updates), restart
+        (certified lambda_max of restarts and of the output)."""
+        if self.dry:
+            yield
+            return
+        self._sync()
+        self._pstack.append([time.perf_counter(), 0.0])
+        try:
+            yield
+        finally:
+            self._sync()
+            t0, inner = self._pstack.pop()
+            dt = time.perf_counter() - t0
+            self.stats.phases[name] = self.stats.phases.get(name, 0.0) + dt - inner
+            if self._pstack:
+                self._pstack[-1][1] += dt
+
+    def _sync(self) -> None:
+        if self.dev.type == "cuda":
+            torch.cuda.synchronize(self.dev)
 
     def dying(self, t: str) -> bool:
         """t is consumed for the last time by the node being processed (its cross storage is never read)."""
@@ -213,7 +242,8 @@ class Engine:
         for i, node in enumerate(self.nodes):
             self.i = i
             self.check()
-            getattr(self, f"_op_{node.op}", self._op_other)(node)
+            with self.phase(_PHASE.get(node.op, "push")):
+                getattr(self, f"_op_{node.op}", self._op_other)(node)
             for u in set(node.inputs):
                 if self.last_use.get(u, -1) <= i and u != g.output:
                     self.drop(u)
@@ -222,8 +252,9 @@ class Engine:
         if self.dry:
             return math.nan
         y = g.output
-        P = self.getP(y, y)
-        return self._lmax(P) ** 0.5
+        with self.phase("restart"):
+            P = self.getP(y, y)
+            return self._lmax(P) ** 0.5
 
     def _lmax(self, x: torch.Tensor) -> float | torch.Tensor:
         """Certified lambda_max upper bound; in a differentiable run the exact one, as a tensor (for tuning)."""
@@ -258,11 +289,11 @@ class Engine:
                 gut = cn.finer(gu, gt)
                 x = self.getP(u, t)
                 if A is not None and A.flat:  # a constant symbol commutes with the alias sum: fold first
-                    x = A.left(cn.down(x, gut, cn.finer(gy, gt))) * (coef / s)
+                    x = _scale(A.left(cn.down(x, gut, cn.finer(gy, gt))), coef / s)
                 else:
                     if A is not None:
                         x = A.on(gut).left(x)
-                    x = cn.down(x, gut, cn.finer(gy, gt)) * (coef / s)
+                    x = _scale(cn.down(x, gut, cn.finer(gy, gt)), coef / s)
                 acc = x if acc is None else _add(acc, x)
             if acc is not None:
                 self.setP(y.name, t, acc)
@@ -273,7 +304,7 @@ class Engine:
             R, gu = self.factor[u]  # P_uu = R^* R  =>  P_yy = (A R^*)(A R^*)^*
             X = A.on(gu).left(R.mH)
             X = cn.alias_stack(X, gu, gy) if gu != gy else X
-            self.setP(y.name, y.name, (X @ X.mH) * (cu * cu / sig[0] ** 2))
+            self.setP(y.name, y.name, _scale(X @ X.mH, cu * cu / sig[0] ** 2))
             return
         if len(terms) == 1 and terms[0][1] is not None and (y.name, terms[0][0]) in self.P:
             # u stays live: P_yu = (c/s) A P_uu was just formed (on u's grid), so P_yy = (c/s) fold(P_yu A^*)
@@ -287,8 +318,7 @@ class Engine:
             elif X.shape[0] > 1:
                 acc = cn.alias_stack(X, gu, gy) @ cn.alias_stack(A.on(gu).arr, gu, gy).mH
             if acc is not None:
-                self.setP(y.name, y.name, acc * (cu / sig[0]))
-                self.stats.flops += _cost(acc)
+                self.setP(y.name, y.name, _scale(acc, cu / sig[0]))
                 return
         for (u, A, cu), su in zip(terms, sig, strict=True):
             for (v, B, cv), sv in zip(terms, sig, strict=True):
@@ -301,7 +331,7 @@ class Engine:
                     x = cn.down(x, guv, gy)
                     x = A.left(x) if A is not None else x
                     x = B.right_h(x) if B is not None else x
-                    x = x * (cu * cv / (su * sv))
+                    x = _scale(x, cu * cv / (su * sv))
                     acc = x if acc is None else _add(acc, x)
                     continue
                 if A is not None:
@@ -309,15 +339,14 @@ class Engine:
                 if B is not None and not B.diag and guv != gy and x.shape[0] > 1:
                     # sum_j X_j B_j^*: alias-stack both instead of forming the fine-grid product
                     x = cn.alias_stack(x, guv, gy) @ cn.alias_stack(B.on(guv).arr, guv, gy).mH
-                    x = x * (cu * cv / (su * sv))
+                    x = _scale(x, cu * cv / (su * sv))
                     acc = x if acc is None else _add(acc, x)
                     continue
                 if B is not None:
                     x = B.on(guv).right_h(x)
-                x = cn.down(x, guv, gy) * (cu * cv / (su * sv))
+                x = _scale(cn.down(x, guv, gy), cu * cv / (su * sv))
                 acc = x if acc is None else _add(acc, x)
         self.setP(y.name, y.name, acc)
-        self.stats.flops += _cost(acc)
 
     def restart(self, node: Node | None, c: float, inputs: list[str], new: TS | None = None) -> None:
         """Bound the live set isotropically and restart the certificate (see module docstring)."""
@@ -325,8 +354,8 @@ class Engine:
         if node is not None:
             self.stats.restarts.append(node.name)
         sigma2 = 0.0
-        if not self.dry:
-            for t in self.live:
+        with self.phase("restart"):
+            for t in self.live if not self.dry else ():
                 if t in self.lazy_sigma:
                     sigma2 += self.lazy_sigma[t]
                 else:
@@ -423,7 +452,8 @@ class Engine:
         if self.dry:
             self.live[y.name] = y
             return
-        A = cn.conv_symbol(w, self.grid(u), s, p, dl, groups, self.dev, self.dtype)
+        with self.phase("symbols"):
+            A = cn.conv_symbol(w, self.grid(u), s, p, dl, groups, self.dev, self.dtype)
         self.push(y, [(u.name, A, 1.0)])
 
     def _op_avgpool(self, node: Node) -> None:
@@ -621,24 +651,26 @@ class Engine:
             self.live[name] = h
             return
         gv = self.grid(v)
-        gamma = self.getP(v.name, v.name) * (beta * beta)
+        gamma = _scale(self.getP(v.name, v.name), beta * beta)
         others = [t for t in self.live if t in keep or not self.dying(t)]
         cons = self.cons.get(name, [])
         if not others and cons and all(self.g.node(c).op == "maxpool" for c in cons):
             # only a restart reads h, i.e. only lambda_max(P_hh). Whatever the rule, the scalar 1/tau is optimal
             # there (tau >= lambda_max(Gamma) certified): M = (2 I - Gamma/tau)/tau >= I/tau gives
             # lambda_max(P_hh) <= tau, and no diagonal Lambda does better since P_hh >= Gamma. No Cholesky needed.
-            tau = self._lmax(gamma)
+            with self.phase("restart"):
+                tau = self._lmax(gamma)
             self.lazy_sigma[name] = tau
             self.live[name] = h
-            self.stats.flops += _cost(gamma)
             return
-        lam = self.rule(gamma, gv, name) if getattr(self.rule, "named", False) else self.rule(gamma, gv)
+        with self.phase("rule"):
+            lam = self.rule(gamma, gv, name) if getattr(self.rule, "named", False) else self.rule(gamma, gv)
         lam_t = (torch.as_tensor(lam, dtype=torch.float64, device=self.dev) if not isinstance(lam, float)
                  else torch.full((v.c,), lam, dtype=torch.float64, device=self.dev))
         for _ in range(60):
-            L, Linv, margin = _chol_m(gamma, lam_t, self.chunk, self.check)
-            if L is not None:
+            with self.phase("factor"):
+                Linv, margin = _chol_m(gamma, lam_t, self.chunk, self.check)
+            if Linv is not None:
                 break
             lam_t = lam_t * 0.5
             self.stats.backoffs += 1
@@ -657,8 +689,11 @@ class Engine:
             for t2 in others[i:]:
                 (bt, g1), (bt2, g2) = B[t], B[t2]
                 g3 = cn.finer(g1, g2)
-                upd = cn.up(bt, g1, g3).mH @ cn.up(bt2, g2, g3)
                 tgt = cn.finer(self.grid(self.live[t]), self.grid(self.live[t2]))
+                if g3 == tgt and min(g1.full, g2.full) <= gv.full:  # exact, same grid: one fused product + add
+                    self.setP(t, t2, _addmm(self.getP(t, t2), cn.up(bt, g1, g3).mH, cn.up(bt2, g2, g3)))
+                    continue
+                upd = cn.up(bt, g1, g3).mH @ cn.up(bt2, g2, g3)
                 upd = cn.down(upd, g3, tgt)
                 k = min(g1.full, g2.full) // gv.full
                 if k > 1:  # t and t2 both on grids finer than v's: see "Coarse activations" in the docstring
@@ -672,7 +707,6 @@ class Engine:
             bt, gvt = B[t]
             self.setP(t, name, bt.mH @ cn.up(Linv, gv, gvt))
         self.factor[name] = (Linv, gv)  # P_hh = Linv^* Linv, formed only if someone reads it
-        self.stats.flops += _cost(gamma) * (2 + len(others))
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -718,8 +752,24 @@ def schedule(g: GraphModel) -> list[Node]:
     return out
 
 
+_PHASE = {"act": "update", "maxpool": "restart", "norm": "restart", "unsupported": "restart"}
+
+
 def _add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a + b
+
+
+def _addmm(c: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """c + a @ b per frequency, fused (one pass over the output) where the batch sizes allow it."""
+    if a.shape[0] == b.shape[0] and c.shape[0] in (1, a.shape[0]):
+        return torch.baddbmm(c, a, b)
+    return c + a @ b
+
+
+def _scale(x: torch.Tensor, f: float) -> torch.Tensor:
+    """x * f, without a pass over x when f is 1 (most push-forwards: unit coefficients on the same grid).
+    Stored blocks may then be shared between keys: the engine never updates a block in place."""
+    return x if f == 1.0 else x * f
 
 
 def _herm(x: torch.Tensor) -> torch.Tensor:
@@ -731,38 +781,41 @@ def _cost(x: torch.Tensor) -> float:
 
 
 def _chol_m(gamma: torch.Tensor, lam: torch.Tensor, chunk: int,
-            check: Callable[[], None]) -> tuple[torch.Tensor | None, torch.Tensor | None, float]:
-    """Cholesky of M = 2 Lambda - Lambda Gamma Lambda at every frequency, and L^{-1}. None if not PD."""
+            check: Callable[[], None]) -> tuple[torch.Tensor | None, float]:
+    """L^{-1} of the Cholesky factor of M = 2 Lambda - Lambda Gamma Lambda at every frequency (None if some M is
+    not positive definite or too close to singular to trust), and the smallest relative pivot (margin)."""
     F, c, _ = gamma.shape
     if F == 1 and gamma.is_complex() and not bool(gamma.imag.any()):
         # a flat block is real (Hermitian frequency symmetry): factor in float64, 4x cheaper than complex
-        L, Linv, margin = _chol_m(gamma.real.contiguous(), lam, chunk, check)
-        if L is None:
-            return None, None, 0.0
-        return L.to(gamma.dtype), Linv.to(gamma.dtype), margin
+        Linv, margin = _chol_m(gamma.real.contiguous(), lam, chunk, check)
+        return (None, 0.0) if Linv is None else (Linv.to(gamma.dtype), margin)
     lamc = lam.to(gamma.dtype)
     eye = torch.eye(c, dtype=gamma.dtype, device=gamma.device)
     step = max(1, min(F, chunk // max(1, c * c)))
-    Ls, Linvs = [], []
+    Linvs = []
     margin = math.inf
     for i in range(0, F, step):
         gi = gamma[i:i + step]
         M = gi * (-(lamc[:, None] * lamc[None, :]))
         M.diagonal(dim1=-2, dim2=-1).add_(2 * lamc)
-        L, info = torch.linalg.cholesky_ex(M)
-        if bool((info != 0).any()):
-            return None, None, 0.0
-        dmin = float(L.detach().diagonal(dim1=-2, dim2=-1).real.min()) ** 2
+        if M.requires_grad:  # tuning: LAPACK's factorisation carries autograd
+            L, info = torch.linalg.cholesky_ex(M)
+            if bool((info != 0).any()):
+                return None, 0.0
+            d = L.detach().diagonal(dim1=-2, dim2=-1).real
+            Linv = torch.linalg.solve_triangular(L, eye.expand(gi.shape[0], c, c), upper=False)
+        else:  # blocked: GEMMs above LAPACK leaves, each leaf's pivots checked (lipcore/graph/factor.py)
+            Linv, d = factor.chol_inverse(M)
+            if Linv is None:
+                return None, 0.0
+        dmin = float(d.min()) ** 2
         dmax = float(M.detach().diagonal(dim1=-2, dim2=-1).real.max())
-        if dmin <= (1e-13 if L.dtype.itemsize >= 8 else 1e-6) * dmax:  # too close to singular to trust
-            return None, None, 0.0
+        if dmin <= (1e-13 if M.dtype.itemsize >= 8 else 1e-6) * dmax:  # too close to singular to trust
+            return None, 0.0
         margin = min(margin, dmin / dmax)
-        Linvs.append(torch.linalg.solve_triangular(L, eye.expand(gi.shape[0], c, c), upper=False))
-        Ls.append(L)
+        Linvs.append(Linv)
         check()
-    if len(Ls) == 1:
-        return Ls[0], Linvs[0], margin
-    return torch.cat(Ls), torch.cat(Linvs), margin
+    return (Linvs[0] if len(Linvs) == 1 else torch.cat(Linvs)), margin
 
 
 def _guess_layout(node: Node, cons: dict[str, list[str]], g: GraphModel) -> TS:
@@ -798,10 +851,18 @@ def run_recursion(g: GraphModel, rule: Rule, device: torch.device, check: Callab
 
     `circular=True` (tests only) bounds the network with circular instead of zero padding, exactly.
     """
-    grids, _ = plan(g, device, extra, circular)
+    grids, cost = plan(g, device, extra, circular)
     e = Engine(g, rule, device, dry=False, grids=grids, check=check, chunk=chunk, circular=circular)
-    val = e.run()
+    t0 = time.perf_counter()
+    with factor.FlopCounter() as fc:
+        val = e.run()
     st = e.stats
+    st.flops = fc.flops
+    wall = time.perf_counter() - t0
+    phases = {k: round(v, 4) for k, v in sorted(st.phases.items(), key=lambda kv: -kv[1])}
     return val, {"restarts": st.restarts, "activations": st.activations, "backoffs": st.backoffs,
                  "grids": {k: list(v) for k, v in grids.items()}, "min_margin": st.min_margin,
-                 "vacuous": st.vacuous, **({"alias_inflated": st.alias_inflated} if st.alias_inflated else {})}
+                 "vacuous": st.vacuous, **({"alias_inflated": st.alias_inflated} if st.alias_inflated else {}),
+                 # the engine's work: phases in seconds, counted flops and the plan's model (8 F c^3 per activation)
+                 "phases": phases, "engine_seconds": wall, "flops": st.flops, "model_flops": cost * 8,
+                 "gflops_per_s": st.flops / wall / 1e9 if wall > 0 else math.nan}
