@@ -117,7 +117,7 @@ def analyze(
         try:
             left = ctx.time_left()
             if left is not None and left <= 0:
-                raise Refused(f"not started: the {budget_s:g} s budget was spent by the variants before it")
+                raise Refused(f"not started: the {budget_s:.3g} s budget was spent by the variants before it")
             if not is_graph:
                 resource_guard([w.shape for w in target.weights], vid, spec.kind, ctx)
             fn = spec.resolve(is_graph)
@@ -135,7 +135,7 @@ def analyze(
             res.status, res.reason = "failed", f"certification failed: {e}"
         except BudgetExceeded as e:
             res.status, res.reason = "failed", f"{e} after {time.perf_counter() - t0:.1f} s" + (
-                f" (the whole analysis had {budget_s:g} s)" if budget_s is not None else "")
+                f" (the whole analysis had {budget_s:.3g} s)" if budget_s is not None else "")
         except ImportError as e:
             res.status, res.reason = "refused", (
                 f"missing optional dependency ({e.name or e}); pip install 'lipzoo[sdp]'")
