@@ -140,3 +140,21 @@ def test_leaky_p_term_refinement_tightens():
     ctx2 = Context(options={"sh-gershgorin": {"c_grid": [1.99]}})
     v_keep = sh_gershgorin(net, ctx2)[0]
     assert v_drop == pytest.approx(0.183, rel=0.01) and v_keep == pytest.approx(0.05865, rel=0.01)  # MATH §9
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the GPU smoke test needs one")
+
+
+@CUDA
+@pytest.mark.parametrize(("layers", "width", "act"), [(6, 40, "relu"), (4, 300, "relu"), (5, 30, "leaky_relu:0.1")])
+def test_gpu_smoke_same_values_as_cpu(layers, width, act):
+    """device="cuda" runs every MLP variant through the same code path and certifies the same numbers."""
+    net = eclipse_net(layers, width, activation=act)
+    variants = [*CF, "optimized"]
+    opts = {"optimized": {"steps": 40}}
+    cpu = analyze(net, variants=variants, options=opts, device="cpu")
+    gpu = analyze(net, variants=variants, options=opts, device="cuda")
+    for vid in variants:
+        assert gpu.results[vid].status == "ok", (vid, gpu.results[vid].reason)
+        rel = 1e-3 if vid == "optimized" else 1e-9  # Adam's trajectory may differ in the last bits
+        assert gpu.results[vid].value == pytest.approx(cpu.results[vid].value, rel=rel), vid

@@ -82,3 +82,45 @@ def test_deadline_returns_certified_warm_start_or_better():
 def test_close_to_lipsdp_neuron_reference(layers, width, lipsdp):
     v, _ = optimized(eclipse_net(layers, width), Context())
     assert lipsdp * (1 - 1e-5) <= v <= lipsdp * 1.06
+
+
+class _Budget(Context):
+    """A budget measured in calls of time_left(): plenty for the first `calls`, then none (a deterministic clock
+    for the anytime contract; the code under test is not touched)."""
+
+    def __init__(self, calls: int) -> None:
+        super().__init__()
+        self.calls = calls
+
+    def time_left(self) -> float | None:
+        self.calls -= 1
+        return 1e9 if self.calls > 0 else 0.0
+
+
+@pytest.mark.parametrize(("calls", "layers"), [(130, 5), (215, 4)])
+def test_anytime_returns_best_certified_point_when_budget_ends(calls, layers):
+    """Budget gone after `calls` steps: the value is the last periodic certificate (no room for a final one),
+    re-certifiable from nothing, below the warm start, with how far the run got."""
+    net = eclipse_net(layers, 10)
+    ctx = _Budget(calls)
+    vc, _ = sh_combined(net, ctx)
+    v, params = optimized(net, ctx)
+    assert params["stopped"] == "budget" and params["steps"] < params["steps_planned"] == 2000
+    assert params["certified"] is True and v < vc
+    assert 0 < params["certified_step"] <= 100 * (params["steps"] // 100)  # a periodic certificate (every 100)
+    assert params["vs_warm"] == pytest.approx(v / vc, rel=1e-5)
+
+
+def test_anytime_without_budget_for_a_step_returns_the_warm_start():
+    net = eclipse_net(5, 12)
+    ctx = _Budget(2)
+    vc, _ = sh_combined(net, ctx)
+    v, params = optimized(net, ctx)
+    assert v == vc and params["steps"] == 0 and params["stopped"] == "budget"
+
+
+def test_budget_spent_before_the_warm_start_raises():
+    from lipcore import BudgetExceeded
+
+    with pytest.raises(BudgetExceeded):
+        optimized(eclipse_net(5, 12), Context(deadline=time.monotonic() - 1.0))
