@@ -108,8 +108,9 @@ def estimates(net: Any, ids: list[str], device: Any, options: dict[str, dict[str
 def plan(net: Any, ids: list[str] | None, device: Any, budget_s: float | None,
          options: dict[str, dict[str, Any]] | None = None) -> Plan:
     """Which variants to run. `ids` None: the default set for this kind of model (with the graph lower-bound
-    options unless the user set them). With a budget, upper variants are admitted in order while the sum of their
-    estimates fits in (1 - LOWER_SHARE) of it; the rest are skipped with their estimate."""
+    options unless the user set them). With a budget, upper variants are admitted in order while the sum of SAFETY
+    times their estimates fits in (1 - LOWER_SHARE) of it; the rest are skipped with their estimate. No budget: all
+    of them, nothing estimated."""
     from lipcore.api import _validate_variants
     from lipcore.variants import VARIANTS
 
@@ -120,11 +121,10 @@ def plan(net: Any, ids: list[str] | None, device: Any, budget_s: float | None,
             for vid, defaults in GRAPH_LOWER_OPTIONS.items():
                 opts[vid] = {**defaults, **opts.get(vid, {})}
     ids = _validate_variants(ids)
+    if budget_s is None:  # nothing to fit: no estimate (the graph's dry run) is paid for
+        return Plan(run=list(ids), options=opts)
     est = estimates(net, ids, device, opts)
     out = Plan(run=[], estimates=est, options=opts)
-    if budget_s is None:
-        out.run = list(ids)
-        return out
     room = (1 - LOWER_SHARE) * budget_s if any(VARIANTS[v].kind == "lower" for v in ids) else budget_s
     out.upper_budget_s = room
     used = 0.0
