@@ -375,3 +375,25 @@ def test_budget_skips_are_shown(capsys, tmp_path) -> None:
     rc, out, _ = cli(capsys, "bound", *argv)
     row = next(line for line in out.splitlines() if "eclipse-fast" in line)
     assert rc == 0 and "skipped: budget (estimated" in row
+
+
+def test_manifest_reinit_zero_key() -> None:
+    """`reinit_zero = true` in a timm entry: checked like every key, recorded in the revision, re-drawn on fetch
+    from the revision alone (a catalog row's revision re-fetches the same weights)."""
+    pytest.importorskip("timm")
+    from flows import hubs
+    from flows.zoo import ZooError, parse_zoo
+
+    def entry(**kw: Any) -> Any:
+        return parse_zoo({"name": "z", "models": [{"hub": "timm", "models": ["test_resnet"], "pretrained": False,
+                                                   **kw}]}).entries[0]
+
+    with pytest.raises(ZooError, match="reinit_zero must be true or false"):
+        entry(reinit_zero="yes")
+    (ref,) = hubs.discover(entry(reinit_zero=True, seed=2))
+    assert ref.revision.startswith("random-init:seed=2:reinit-zero:timm=")
+    a = hubs.fetch(ref, entry().settings)  # settings without the key: the revision decides
+    assert a.info["reinit_zero"] and "notes" not in a.info
+    (plain,) = hubs.discover(entry(seed=2))
+    b = hubs.fetch(plain, entry().settings)
+    assert "degenerate weights" in b.info["notes"][0] and b.info["zero_weights"] == a.info["reinit_zero"]
