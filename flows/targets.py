@@ -74,7 +74,7 @@ def parse_target(text: str) -> Target:
     raise TargetError(f"{raw}: no such file, and not timm:NAME[@REV], hf:ORG/REPO[@REV] or package.module:function")
 
 
-def _entry(hub: str, params: dict[str, Any], settings: dict[str, Any]) -> Any:
+def _entry(t: Target, hub: str, params: dict[str, Any], settings: dict[str, Any]) -> Any:
     """The zoo entry for one model, validated by the manifest code (same keys, same checks as a zoo file)."""
     from .zoo import ZooError, parse_zoo
 
@@ -82,7 +82,7 @@ def _entry(hub: str, params: dict[str, Any], settings: dict[str, Any]) -> Any:
         return parse_zoo({"name": "bound", "models": [{"hub": hub, **params, **settings}]},
                          base_dir=Path.cwd()).entries[0]
     except ZooError as e:
-        raise TargetError(str(e).replace("zoo 'bound', models entry 1 ", "")) from None
+        raise TargetError(f"{t.text}: {re.sub(r'^zoo .bound., models entry 1 [(][^)]*[)]: ', '', str(e))}") from None
 
 
 def _manifest_settings(settings: Settings) -> dict[str, Any]:
@@ -122,7 +122,7 @@ def resolve(t: Target, settings: Settings, **options: Any) -> Resolved:
     from .refs import Unresolved
 
     hub = "local" if t.kind == "file" else t.kind
-    entry = _entry(hub, hub_params(t, **options), _manifest_settings(settings))
+    entry = _entry(t, hub, hub_params(t, **options), _manifest_settings(settings))
     the_hub = hubs.get_hub(hub)
     params = dict(entry.params)
     if t.kind != "file":
@@ -138,7 +138,7 @@ def resolve(t: Target, settings: Settings, **options: Any) -> Resolved:
         if options.get("reinit_zero") and rev.startswith("random-init:") and ":reinit-zero" not in rev:
             rev = re.sub(r"^(random-init:seed=-?\d+)", r"\1:reinit-zero", rev)  # the option, on a pinned init
         ref = the_hub.pin(ref, rev)
-    s = replace(settings, hub_options=dict(params))
+    s = replace(entry.settings, device=settings.device, hub_options=dict(params))  # as the audit builds its job
     try:
         loaded = hubs.fetch(ref, s)
     except hubs.HubError as e:
