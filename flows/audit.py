@@ -340,6 +340,10 @@ def _run_audit(zoo: Zoo, catalog: Any, found: list[tuple[ModelRef, Entry]], bad:
                                       else out.status)
                     summary["lipcore_seconds"] += out.lipcore_seconds
                     pending_rows.extend(out.rows)
+                    notes = (out.rows[0].params or {}).get("notes") if out.rows else None
+                    if notes:  # what the model is (degenerate weights, ...): said, not only stored
+                        summary.setdefault("notes", []).append({"model_id": job.model_id,
+                                                                "revision": job.ref.revision, "notes": notes})
                     bad_variants = [r for r in out.rows if r.status == "failed"]
                     summary["variants_failed"] += len(bad_variants)
                     for r in bad_variants[:3]:

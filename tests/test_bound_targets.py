@@ -225,8 +225,10 @@ def test_timm_target_bounds_as_it_audits_in_a_zoo(capsys, tmp_path) -> None:
 
     doc, _ = bound_json(capsys, "timm:test_resnet", "--input-shape", TIMM_SHAPE, "-v", V2)
     cat = tmp_path / "c.duckdb"
-    audit_zoo({"name": "z", "variants": V2.split(","), "models": [
+    s = audit_zoo({"name": "z", "variants": V2.split(","), "models": [
         {"hub": "timm", "models": ["test_resnet"], "input_shape": [3, 16, 16]}]}, catalog=str(cat), device="cpu")
+    (note,) = s["notes"]  # the audit says it too (the CLI prints one line per model)
+    assert note["model_id"] == "timm:test_resnet" and note["notes"] == doc["notes"][1:]
     with Catalog(cat, read_only=True).connect() as con:
         rows = con.execute("SELECT variant, value, revision, params FROM results WHERE model_id = 'timm:test_resnet'"
                            ).fetchall()

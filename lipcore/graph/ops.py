@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import activations as acts
-from . import norms
+from . import opnorms
 
 NOT_LIPSCHITZ = "not_lipschitz"
 UNKNOWN = "unknown"
@@ -155,10 +155,10 @@ def _conv_forward(n: Any, xs: list[torch.Tensor]) -> torch.Tensor:
 def _conv_naive(n: Any, memo: dict[str, float], dev: torch.device) -> float:
     key = "conv:" + n.name
     if key not in memo:
-        v = norms.conv_norm(n, device=dev)
+        v = opnorms.conv_norm(n, device=dev)
         if math.isnan(v):  # 1x1 spatial input: a dense matrix of the centre taps (upper-bounded by all taps)
             w = n.attrs["weight"]
-            v = norms.spectral_norm_matrix(w.reshape(w.shape[0], -1)) * math.sqrt(n.attrs.get("groups", 1))
+            v = opnorms.spectral_norm_matrix(w.reshape(w.shape[0], -1)) * math.sqrt(n.attrs.get("groups", 1))
         memo[key] = v
     return memo[key]
 
@@ -166,7 +166,7 @@ def _conv_naive(n: Any, memo: dict[str, float], dev: torch.device) -> float:
 def _linear_naive(n: Any, memo: dict[str, float], dev: torch.device) -> float:
     key = "lin:" + n.name
     if key not in memo:
-        memo[key] = norms.spectral_norm_matrix(n.attrs["weight"])
+        memo[key] = opnorms.spectral_norm_matrix(n.attrs["weight"])
     return memo[key]
 
 
@@ -224,8 +224,8 @@ KINDS: dict[str, Kind] = {k.name: k for k in [
     Kind("scale", lambda n, m, d: float(torch.as_tensor(n.attrs["scale"]).abs().max()), _scale_forward, window=True),
     Kind("act", lambda n, m, d: n.attrs["act"].gain, lambda n, xs: n.attrs["act"].torch_fn()(xs[0]), clean_source=True,
          window=True),
-    Kind("maxpool", lambda n, m, d: norms.maxpool_lipschitz(n), _pool_forward("max"), clean_source=True),
-    Kind("avgpool", lambda n, m, d: norms.avgpool_norm_bound(n), _pool_forward("avg"), hoistable=True, window=True),
+    Kind("maxpool", lambda n, m, d: opnorms.maxpool_lipschitz(n), _pool_forward("max"), clean_source=True),
+    Kind("avgpool", lambda n, m, d: opnorms.avgpool_norm_bound(n), _pool_forward("avg"), hoistable=True, window=True),
     Kind("gap", _gap_naive, _gap_forward),
     Kind("reshape", lambda n, m, d: 1.0, _reshape_forward),
     Kind("gather", lambda n, m, d: math.sqrt(n.attrs["multiplicity"]), _gather_forward),

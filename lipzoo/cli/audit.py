@@ -191,6 +191,10 @@ def _print_summary(s: dict[str, Any], failed: bool) -> None:
         where = f"{f['model_id']}@{str(f.get('revision', ''))[:12]}"
         where += f" [{f['variant']}]" if f.get("variant") else ""
         print(f"  failed: {where}: {f['reason']}", file=out)
+    for n in s.get("notes") or []:  # one line per model: the note's first clause (the rest is in params.notes)
+        rev = str(n["revision"])
+        rev = rev.rsplit(":timm=", 1)[0] if rev.startswith("random-init:") else rev[:12]  # a random init says so
+        print(f"  note: {n['model_id']}@{rev}: {n['notes'][0].split('; ')[0]}", file=out)
     if s.get("overhead_per_model_s") is not None:
         # with parallel tasks the lipcore seconds (summed over tasks) can exceed the flow's wall time
         ov = s["overhead_per_model_s"]
