@@ -200,10 +200,10 @@ def bench_net(layers: int, width: int, repeat: int, variants: list[str], log: Ca
             continue
         log(f"  {layers}x{width} {vid} ...")
         row["results"][vid] = _run_variant(vid, net, repeat if vid not in SDP + LOWER else 1)
-    if "sh-combined" in variants:
-        row["sh_combined_in_analyze"] = _shared_combined(net)
-        if row["results"]["sh-combined"].get("status") == "ok" and "eclipse-fast" in variants:
-            row["comb_cost_interleaved"] = _interleaved_cost(net, row["results"]["sh-combined"]["seconds"])
+    if "sh-combined" in variants and all(v in variants for v in ("sh-spectral", "sh-gershgorin", "sh-shift")):
+        row["sh_combined_in_analyze"] = _shared_combined(net)  # its members' c grids: only when they are asked for
+    if "sh-combined" in variants and "eclipse-fast" in variants and row["results"]["sh-combined"]["status"] == "ok":
+        row["comb_cost_interleaved"] = _interleaved_cost(net, row["results"]["sh-combined"]["seconds"])
     return row
 
 

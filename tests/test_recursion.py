@@ -156,7 +156,7 @@ GREEDY_SET = [Rule("sn", 1.0), Rule("sn", 1.5), Rule("gc", 1.7), Rule("shift", 1
 
 
 @pytest.mark.parametrize("act", ["relu", "tanh", "leaky_relu"])
-@pytest.mark.parametrize("size", [(6, 12), (12, 30), (4, 110)])
+@pytest.mark.parametrize("size", [(6, 12), (12, 30), (4, 110), (4, 200)])  # 200 > LOCKSTEP_MAX_N: own calls
 def test_greedy_beside_equals_separate_runs(act, size):
     """The lockstep batch (sh-combined's fast path) returns exactly run_rule's ECLipsE-Fast and run_greedy's mix."""
     net = eclipse_net(*size)

@@ -253,7 +253,7 @@ def form_m(lam: torch.Tensor, g: torch.Tensor, what: str) -> tuple[torch.Tensor,
     """
     n = g.shape[0]
     diag_a = 2 / lam - torch.diagonal(g)
-    if not bool(torch.all(diag_a > 0)) or not bool(torch.isfinite(diag_a).all()):
+    if not bool(((diag_a > 0) & torch.isfinite(diag_a)).all()):
         raise CertificationError(f"{what} is not positive definite (non-positive diagonal)")
     t = tau(n)
     c = g.neg()
@@ -476,7 +476,7 @@ class Recursion:
         keep = self.keep_p if keep_p is None else keep_p
         if s.p < 0:
             keep = True  # required for αβ < 0
-        if not bool(torch.all(lam > 0)) or not bool(torch.isfinite(lam).all()):
+        if not bool(((lam > 0) & torch.isfinite(lam)).all()):  # one device sync
             raise CertificationError(f"layer {k + 1}: multipliers must be finite and positive")
         if keep and s.p != 0:
             w = self.W[k]
@@ -608,14 +608,15 @@ def certify(net: MLP, lambdas: list[np.ndarray]) -> float:
     return certify_log(net, logs).value
 
 
-def form_m_batch(lams: torch.Tensor, g: torch.Tensor
-                 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]:
+def _form_m_batch(lams: torch.Tensor, g: torch.Tensor
+                  ) -> tuple[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None], torch.Tensor]:
     """`form_m` for K candidate multiplier vectors at once (lams: K×n; g: n×n, or K×n×n for one Γ̂ each): one
     batched Cholesky instead of K calls.
 
     Why: greedy mixing compares several rules per layer; on the small layers of typical MLPs the per-call overhead
     of K separate factorisations is most of its cost. Entry i is None where candidate i fails the check. Same
-    numbers as `form_m` (the same elementwise arithmetic and one LAPACK potrf per matrix).
+    numbers as `form_m` (the same elementwise arithmetic and one LAPACK potrf per matrix). Also returns the K×n×n
+    batch of factors the entries view, so the scoring need not stack them again.
     """
     n = g.shape[-1]
     k = lams.shape[0]
@@ -628,7 +629,13 @@ def form_m_batch(lams: torch.Tensor, g: torch.Tensor
     r.mul_(lams[:, :, None])
     good = (ok & (info == 0)).tolist()
     inv = 1.0 / lams
-    return [(c[i], inv[i], r[i]) if good[i] else None for i in range(k)]
+    return [(c[i], inv[i], r[i]) if good[i] else None for i in range(k)], r
+
+
+def form_m_batch(lams: torch.Tensor, g: torch.Tensor
+                 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]:
+    """`form_m` for K candidate multiplier vectors at once (see `_form_m_batch`)."""
+    return _form_m_batch(lams, g)[0]
 
 
 SQUARING_MAX_OUT = 40  # above this the o³ squarings cost more than the thin power steps' calls
@@ -700,7 +707,8 @@ def _greedy(net: MLP, candidates: Sequence[Rule], companion: Rule | None, *, dev
             (g, d), lane_gram = _grams([rec, lane])
         else:
             g, d = rec.layer_gram()
-            lane_gram = lane.layer_gram() if lane is not None else None
+            # M_0 = I in both lanes: one Γ̂ (and one λ_max) for the first layer
+            lane_gram = None if lane is None else (g, d) if k == 0 else lane.layer_gram()
         cache = LayerCache(g)
         lane_cache = None if lane_gram is None else cache if lane_gram[0] is g else LayerCache(lane_gram[0])
         w_next = rec.W[k + 1]
@@ -714,16 +722,17 @@ def _greedy(net: MLP, candidates: Sequence[Rule], companion: Rule | None, *, dev
         proposals = [r(cache) for r in rules]
         lane_prop = companion(lane_cache) if companion is not None and lane_cache is not None else None
         lane_mr = None
+        r_batch: torch.Tensor | None = None
         batched = rec.slopes[k].p >= 0 and (len(rules) + 1) * n * n * 8 <= BATCH_BYTES
         if batched:
             # p ≥ 0: every candidate is compared with the p-term dropped, i.e. on M = 2Λ − ΛΓ̂Λ of this Γ̂
             lams = [lam for lam, _ in proposals]
             if lockstep and lane_prop is not None and lane_cache is not None:
                 gs = torch.stack([g] * len(rules) + [lane_cache.g])
-                finished = form_m_batch(torch.stack([*lams, lane_prop[0]]), gs)
+                finished, r_batch = _form_m_batch(torch.stack([*lams, lane_prop[0]]), gs)
                 lane_mr = finished.pop()
             else:
-                finished = form_m_batch(torch.stack(lams), g)
+                finished, r_batch = _form_m_batch(torch.stack(lams), g)
         else:
             finished = []
             for lam, _ in proposals:
@@ -736,12 +745,15 @@ def _greedy(net: MLP, candidates: Sequence[Rule], companion: Rule | None, *, dev
             raise CertificationError(f"layer {k + 1}: no candidate rule certified")
         if len(live) == 1 and not full:
             scores = [0.0]  # nothing to compare: no probe
-        elif exact:
-            scores = _lookahead_exact([finished[j][2] for j in live], w_next)
         else:
-            # probe block: a few power steps with the first certified candidate
-            block = _power_block(finished[live[0]][2], w_next, power_iters, gen)
-            scores = _rayleigh_ritz([finished[j][2] for j in live], w_next, block)
+            # the live factors as one batch: a view of the candidate batch when every candidate certified
+            live_rs = (r_batch[: len(rules)] if r_batch is not None and len(live) == len(rules)
+                       else torch.stack([finished[j][2] for j in live]))
+            if exact:
+                scores = _lookahead_exact(live_rs, w_next)
+            else:  # probe block: a few power steps with the first certified candidate
+                block = _power_block(finished[live[0]][2], w_next, power_iters, gen)
+                scores = _rayleigh_ritz(live_rs, w_next, block)
         by_index = {order[j]: s for j, s in zip(live, scores, strict=True)}
         if full:
             ranking = sorted(by_index, key=by_index.__getitem__) + [i for i in ranking if i not in by_index]
@@ -764,9 +776,9 @@ def _greedy(net: MLP, candidates: Sequence[Rule], companion: Rule | None, *, dev
     return rec.final(), (None if lane is None else lane.final())
 
 
-def _lookahead_exact(rs: list[torch.Tensor], w: torch.Tensor) -> list[float]:
-    """Exact λ_max(W M^{-1} Wᵀ) for each candidate's chol(M)."""
-    y = torch.linalg.solve_triangular(torch.stack(rs), w.T, upper=False)
+def _lookahead_exact(rs: torch.Tensor, w: torch.Tensor) -> list[float]:
+    """Exact λ_max(W M^{-1} Wᵀ) for each candidate's chol(M) (rs: K×n×n)."""
+    y = torch.linalg.solve_triangular(rs, w.T, upper=False)
     return torch.linalg.eigvalsh(y.mT @ y)[:, -1].tolist()
 
 
@@ -807,10 +819,10 @@ def _matrix_power(h: torch.Tensor, e: int) -> torch.Tensor:
     return p
 
 
-def _rayleigh_ritz(rs: list[torch.Tensor], w: torch.Tensor, v: torch.Tensor) -> list[float]:
-    """max Ritz value of W M^{-1} Wᵀ on the orthonormal block v for each candidate's chol(M) (an estimate used only
-    to compare candidates)."""
-    u = torch.linalg.solve_triangular(torch.stack(rs), w.T @ v, upper=False)
+def _rayleigh_ritz(rs: torch.Tensor, w: torch.Tensor, v: torch.Tensor) -> list[float]:
+    """max Ritz value of W M^{-1} Wᵀ on the orthonormal block v for each candidate's chol(M) (rs: K×n×n; an
+    estimate used only to compare candidates)."""
+    u = torch.linalg.solve_triangular(rs, w.T @ v, upper=False)
     return torch.linalg.eigvalsh(u.mT @ u)[:, -1].tolist()
 
 
