@@ -157,8 +157,8 @@ def _events_seen(name: str, since: float, wait_s: float = 20.0) -> int:
     return n
 
 
-def test_audit_model_pins_a_revision_and_budget_failures_are_recorded(hub, tmp_path):
-    from flows.audit import AuditFailed, audit_model
+def test_audit_model_pins_a_revision_and_a_tiny_budget_is_no_failure(hub, tmp_path):
+    from flows.audit import audit_model
 
     old = hub.publish("org/mlp-a", {"model.safetensors": mlp_file(tmp_path / "a.safetensors", 1)})
     new = hub.publish("org/mlp-a", {"model.safetensors": mlp_file(tmp_path / "a2.safetensors", 2)})
@@ -168,9 +168,10 @@ def test_audit_model_pins_a_revision_and_budget_failures_are_recorded(hub, tmp_p
     assert {r["revision"] for r in results(Path(cat))} == {old}
     s = audit_model("hf", "org/mlp-a", zoo=zoo(hub), catalog=cat, variants=["naive"])
     assert {r["revision"] for r in results(Path(cat))} == {old, new}
-    # a budget too small for the work: the variants that did not fit are failed rows, the flow fails
-    with pytest.raises(AuditFailed) as err:
-        audit_model("hf", "org/mlp-a", zoo=zoo(hub), catalog=cat, variants=["lower-ascent"], budget_s=1e-3,
+    # a budget too small for the work: never a failure after spending it; the variant either kept what it
+    # measured in its first batch or was not started, and the row says which
+    s = audit_model("hf", "org/mlp-a", zoo=zoo(hub), catalog=cat, variants=["lower-ascent"], budget_s=1e-3,
                     force=True)
-    (f,) = err.value.summary["failures"]
-    assert f["variant"] == "lower-ascent" and "budget" in f["reason"]
+    assert s["failures"] == [] and s["variants_failed"] == 0
+    (row,) = [r for r in results(Path(cat)) if r["variant"] == "lower-ascent"]
+    assert (row["status"] == "ok" and row["value"] > 0) or (row["status"] == "refused" and "budget" in row["reason"])
