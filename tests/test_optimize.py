@@ -124,3 +124,22 @@ def test_budget_spent_before_the_warm_start_raises():
 
     with pytest.raises(BudgetExceeded):
         optimized(eclipse_net(5, 12), Context(deadline=time.monotonic() - 1.0))
+
+
+@pytest.mark.parametrize("n", [3, 40, 300])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_top_eig_value_and_gradient_equal_eigvalsh(n, seed):
+    """The one-eigenpair λ_max the optimizer differentiates gives eigvalsh's value and gradient."""
+    from lipcore.mlp.optimize import _TopEig
+
+    g = torch.Generator().manual_seed(seed)
+    b = torch.randn(n, n, generator=g, dtype=torch.float64)
+    a1 = (b @ b.T).requires_grad_(True)
+    a2 = a1.detach().clone().requires_grad_(True)
+    w = torch.randn(n, n, generator=g, dtype=torch.float64)
+    e1 = _TopEig.apply(a1 * (w @ w.T))  # symmetric: a Hadamard product of two symmetric matrices
+    e2 = torch.linalg.eigvalsh(a2 * (w @ w.T))[-1]
+    (3.0 * e1).backward()
+    (3.0 * e2).backward()
+    assert float(e1.detach()) == pytest.approx(float(e2.detach()), rel=1e-12)
+    assert torch.allclose(a1.grad, a2.grad, rtol=1e-8, atol=1e-10 * float(a2.grad.abs().max()))

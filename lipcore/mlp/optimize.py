@@ -22,7 +22,23 @@ import torch
 from ..errors import CertificationError
 from ..variants import Context
 from .network import MLP
-from .recursion import Trajectory, certify_log
+from .recursion import Trajectory, certify_log, top_eigpair
+
+
+class _TopEig(torch.autograd.Function):
+    """λ_max of a symmetric matrix with its gradient g·v vᵀ: one eigenpair per call instead of eigvalsh's all
+    (whose backward also needs all eigenvectors). Same value and gradient as eigvalsh(a)[-1] for a simple λ_max."""
+
+    @staticmethod
+    def forward(ctx: Any, a: torch.Tensor) -> torch.Tensor:
+        theta, v = top_eigpair(a.detach())
+        ctx.save_for_backward(v)
+        return theta
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (v,) = ctx.saved_tensors
+        return grad * torch.outer(v, v)
 
 
 class _Forward:
@@ -42,8 +58,8 @@ class _Forward:
                  ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, float]], list[float]]:
         """(log L̂, per layer (λ̄_k detached, log scale), c_k). With `target` (true log Λ): the c_k reproducing it.
 
-        Lean on purpose (this runs thousands of times): only lower triangles are trusted (cholesky and eigvalsh
-        read them), so no symmetrisation; the normalisation d is a detached constant (the value is invariant).
+        Lean on purpose (this runs thousands of times): only lower triangles are trusted (cholesky and the top
+        eigenpair read them), so no symmetrisation; the normalisation d is a detached constant (the value is invariant).
         """
         n0 = self.W[0].shape[1]
         m = torch.eye(n0, dtype=torch.float64, device=self.device)
@@ -57,7 +73,7 @@ class _Forward:
             d = coef * float(torch.diagonal(gg).detach().max())
             g = gg * (coef / d)
             h = torch.exp(0.5 * z[k])
-            e = torch.linalg.eigvalsh(torch.outer(h, h) * g)[-1]
+            e = _TopEig.apply(torch.outer(h, h) * g)
             if target is not None:
                 # λ̄ (normalised) = exp(target − log μ + log d); c = λ̄ e / U
                 lam_bar = np.exp(target[k] - log_mu + math.log(d))
@@ -77,7 +93,7 @@ class _Forward:
             lams.append((lam.detach(), log_mu))
         wl = self.W[-1]
         out = wl @ torch.cholesky_solve(wl.T, torch.linalg.cholesky(m))
-        top = out[0, 0] if out.shape[0] == 1 else torch.linalg.eigvalsh(out)[-1]
+        top = out[0, 0] if out.shape[0] == 1 else _TopEig.apply(out)
         return 0.5 * (torch.log(top) - log_mu), lams, cs
 
 

@@ -100,6 +100,17 @@ def top_eig_dense(a: torch.Tensor) -> float:
     return float(torch.linalg.eigvalsh(a)[-1])
 
 
+def top_eigpair(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(λ_max, a unit eigenvector) of a symmetric matrix (lower triangle read): one eigenpair by MRRR on the CPU,
+    the full eigh elsewhere. For `optimized`'s gradient, d λ_max = vᵀ dA v, which needs no other eigenpair."""
+    if _cpu64(a):
+        n = a.shape[0]
+        w, v = _la.eigh(a.numpy(), subset_by_index=[n - 1, n - 1], driver="evr", check_finite=False)
+        return torch.tensor(w[0], dtype=a.dtype), torch.from_numpy(np.ascontiguousarray(v[:, 0]))
+    w, v = torch.linalg.eigh(a)
+    return w[-1], v[:, -1]
+
+
 def lanczos_extremes(a: torch.Tensor, k_max: int = 300, rtol: float = 1e-13, seed: int = 0,
                      need_lo: bool = True) -> tuple[float, float]:
     """(λ_min, λ_max) of a symmetric matrix by Lanczos with full reorthogonalisation, converged to ~rtol.
