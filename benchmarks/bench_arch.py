@@ -8,6 +8,11 @@ Prints, per model: status (ok / ok+vacuous / refused with the operator), naive, 
 lower bound, naive/best, seconds of eclipse-fast, of the best variant and in total; and PASS/FAIL for the resnet18
 target (the best certified bound >= 1000x below naive, computed in < 180 s on CPU). Torch uses every core of the
 machine unless --threads says otherwise (the per-frequency linear algebra is batched BLAS/LAPACK).
+Engine line per model (issue 13): eclipse-fast's seconds per phase, the flops the engine counted (FlopCounter:
+products, Cholesky, triangular solves) per second, and that rate against a float64 GEMM rate measured in the
+same run, before and after the model (the ratio is the figure of merit: it holds across machines and loads);
+also the plan's cost model (8 F c^3 per activation) per second, the figure issue 13 quotes; and the resnet18
+engine target (one eclipse-fast run <= 20 s, engine >= 35 % of the GEMM rate by the cost model).
 Models are created with pretrained=False and torch.manual_seed(0); weights that timm
 initialises to zero (Mixer/ResMLP heads, the last BN gamma of each ResNet block) are re-drawn (flows.inits.reinit_zero).
 """
@@ -27,6 +32,46 @@ ALL = ["resnet18", "resnet50", "vgg11", "mobilenetv2_100", "mobilenetv3_small_10
        "mixer_s16_224", "resmlp_12_224", "vit_tiny_patch16_224"]
 QUICK = ["mobilenetv3_small_100", "efficientnet_b0", "vit_tiny_patch16_224", "mixer_s16_224", "resmlp_12_224"]
 TARGET = ("resnet18", 1000.0, 180.0)
+ENGINE_TARGET = ("resnet18", 20.0, 0.35)  # one eclipse-fast run <= 20 s, >= 35 % of the GEMM rate (cost model)
+
+
+def gemm_rate(device: str, n: int = 2048, reps: int = 3) -> float:
+    """float64 GEMM GFLOP/s on this device now (best of `reps`): the reference the engine's rate is read against."""
+    import torch
+
+    a = torch.randn(n, n, dtype=torch.float64, device=device)
+    best = float("inf")
+    for _ in range(reps + 1):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        a @ a
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n ** 3 / best / 1e9
+
+
+def engine_line(name: str, ef, g0: float, g1: float) -> tuple[str, bool | None]:  # noqa: ANN001 - a Result
+    """eclipse-fast's phases, counted and cost-model GFLOP/s against the GEMM rate; the engine target's verdict."""
+    p = ef.params if ef is not None and ef.status == "ok" else {}
+    if "phases" not in p:
+        return f"{'':24s}   engine: no eclipse-fast run ({ef.status if ef is not None else '-'})", None
+    gemm = (g0 + g1) / 2
+    secs = float(p["engine_seconds"])
+    rate, model = p["flops"] / secs / 1e9, p["model_flops"] / secs / 1e9
+    phases = ", ".join(f"{k} {v:.1f}" for k, v in p["phases"].items())
+    line = (f"{'':24s}   engine (eclipse-fast): {secs:.1f} s = {phases}; {p['flops'] / 1e9:.0f} GFLOP counted = "
+            f"{rate:.1f} GFLOP/s, float64 GEMM {gemm:.1f} GFLOP/s (before {g0:.1f}, after {g1:.1f}): "
+            f"{100 * rate / gemm:.0f} %; cost model {p['model_flops'] / 1e12:.3f} TFLOP = {model:.1f} GFLOP/s = "
+            f"{100 * model / gemm:.0f} %")
+    ok = None
+    if name == ENGINE_TARGET[0]:
+        ok = secs <= ENGINE_TARGET[1] and model / gemm >= ENGINE_TARGET[2]
+        line += (f"\n{'':24s}   target {name}: one eclipse-fast run <= {ENGINE_TARGET[1]:g} s at >= "
+                 f"{100 * ENGINE_TARGET[2]:.0f} % of GEMM: {'PASS' if ok else 'FAIL'} ({secs:.1f} s, "
+                 f"{100 * model / gemm:.0f} %)")
+    return line, ok
 
 
 def _lower_opts(quick: bool) -> dict:
@@ -37,13 +82,15 @@ def _lower_opts(quick: bool) -> dict:
             "lower-ascent": {"starts": 1, "steps": 5, "jv_steps": 5, "power_iters": 5}}
 
 
-def run(models: list[str], device: str, budget: float, quick: bool, members: bool) -> int:
+def run(models: list[str], device: str, budget: float, quick: bool, members: bool, engine_only: bool = False) -> int:
     import timm
     import torch
 
     import lipcore
 
     variants = ["naive", "eclipse-fast", "sh-spectral", "optimized", "lower-sampled", "lower-ascent"]
+    if engine_only:  # the engine measurement alone: one propagation, its naive cap and a cheap lower bound
+        variants = ["naive", "eclipse-fast", "lower-sampled"]
     if members:
         variants.insert(3, "sh-combined")
     opts = _lower_opts(quick)
@@ -58,6 +105,7 @@ def run(models: list[str], device: str, budget: float, quick: bool, members: boo
     verdict = 0
     for name in models:
         torch.manual_seed(0)
+        g0 = gemm_rate(device)
         t0 = time.perf_counter()
         try:
             m = timm.create_model(name, pretrained=False)
@@ -68,6 +116,7 @@ def run(models: list[str], device: str, budget: float, quick: bool, members: boo
             verdict = 1
             continue
         total = time.perf_counter() - t0
+        g1 = gemm_rate(device)
         res = rep.results
         best = rep.best_upper()
         low = rep.best_lower()
@@ -92,10 +141,14 @@ def run(models: list[str], device: str, budget: float, quick: bool, members: boo
               f"{bsec:7.1f} {total:8.1f}", flush=True)
         if len(status) > 44:
             print(f"{'':24s}   {status}", flush=True)
+        eline, eok = engine_line(name, ef, g0, g1)
+        print(eline, flush=True)
+        if eok is False:
+            verdict = 1
         if best is not None and low is not None and best.value < low.value:
             print(f"{'':24s}   UNSOUND: best {best.value} < lower {low.value}", flush=True)
             verdict = 1
-        if name == TARGET[0]:
+        if name == TARGET[0] and not engine_only:
             ok = best is not None and ratio >= TARGET[1] and bsec < TARGET[2]
             print(f"{'':24s}   target {TARGET[0]}: naive/best >= {TARGET[1]:g} in < {TARGET[2]:g} s on CPU: "
                   f"{'PASS' if ok else 'FAIL'} (ratio {ratio:.0f} with {best.variant if best else '-'} in "
@@ -114,13 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--budget", type=float, default=1200.0, help="seconds per model")
     ap.add_argument("--members", action="store_true", help="also run sh-combined (one propagation per member)")
+    ap.add_argument("--engine-only", action="store_true",
+                    help="naive, eclipse-fast and lower-sampled only: the engine line (the 1000x target is skipped)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all cores)")
     a = ap.parse_args(argv)
     import torch
 
     torch.set_num_threads(a.threads)
     models = a.models.split(",") if a.models else (QUICK if a.quick else ALL)
-    return run(models, a.device, a.budget, a.quick, a.members)
+    return run(models, a.device, a.budget, a.quick, a.members, a.engine_only)
 
 
 if __name__ == "__main__":

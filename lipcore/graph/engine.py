@@ -105,6 +105,7 @@ class Stats:
     min_margin: float = math.inf
     alias_inflated: list[str] = field(default_factory=list)  # activations whose update took the factor below
     phases: dict[str, float] = field(default_factory=dict)  # seconds per phase (see Engine.phase)
+    phase_flops: dict[str, float] = field(default_factory=dict)  # counted real flops per phase
 
 
 def _lcm(a: int, b: int) -> int:
@@ -143,7 +144,12 @@ class Engine:
         self.i = -1
         self.factor: dict[str, tuple[torch.Tensor, cn.Grid]] = {}  # P_tt = R^* R kept factored (R = L^{-1})
         self.lazy_sigma: dict[str, float] = {}  # certified lambda_max(P_tt) when P_tt is never needed itself
-        self._pstack: list[list[float]] = []  # open phases: [start, seconds spent in nested phases]
+        self._pstack: list[list[float]] = []  # open phases: [start, nested seconds, flops at start, nested flops]
+        self.counter = factor.FlopCounter()  # counts while run() runs
+        # P_th of an activation h kept as B_t (P_th = B_t^* R_h, R_h = factor[h]): the conv reading h then
+        # needs Z = A R_h^* only (P_yt = Z B_t, P_yy = Z Z^*), never P_th itself
+        self.lazy: dict[tuple[str, str], torch.Tensor] = {}
+        self.fast = True  # structured products (triangles, Hermitian halves); plain ones when differentiable
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -155,16 +161,18 @@ class Engine:
             yield
             return
         self._sync()
-        self._pstack.append([time.perf_counter(), 0.0])
+        self._pstack.append([time.perf_counter(), 0.0, self.counter.flops, 0.0])
         try:
             yield
         finally:
             self._sync()
-            t0, inner = self._pstack.pop()
-            dt = time.perf_counter() - t0
+            t0, inner, f0, finner = self._pstack.pop()
+            dt, df = time.perf_counter() - t0, self.counter.flops - f0
             self.stats.phases[name] = self.stats.phases.get(name, 0.0) + dt - inner
+            self.stats.phase_flops[name] = self.stats.phase_flops.get(name, 0.0) + df - finner
             if self._pstack:
                 self._pstack[-1][1] += dt
+                self._pstack[-1][3] += df
 
     def _sync(self) -> None:
         if self.dev.type == "cuda":
@@ -207,7 +215,10 @@ class Engine:
     def getP(self, a: str, b: str) -> torch.Tensor:
         if a == b and a in self.factor and (a, a) not in self.P:
             R, _ = self.factor[a]
-            self.P[(a, a)] = R.mH @ R
+            self.P[(a, a)] = factor.tri_gram(R) if self.fast else R.mH @ R
+        for k in ((a, b), (b, a)):
+            if k in self.lazy:  # P_th = B_t^* R_h, formed only now that someone reads it
+                self.P[k] = factor.mm_tri(self.lazy.pop(k).mH, self.factor[k[1]][0])
         if (a, b) in self.P:
             return self.P[(a, b)]
         if (b, a) in self.P:
@@ -218,9 +229,11 @@ class Engine:
     def linked(self, a: str, b: str) -> bool:
         """a and b have cross storage (a missing block is zero: independent since a restart). Unlinked pairs
         are skipped outright: their grids may be unrelated (a token-mixing Linear relayouts onto a new axis)."""
-        return a == b or (a, b) in self.P or (b, a) in self.P
+        return a == b or (a, b) in self.P or (b, a) in self.P or (a, b) in self.lazy or (b, a) in self.lazy
 
     def setP(self, a: str, b: str, x: torch.Tensor) -> None:
+        self.lazy.pop((a, b), None)
+        self.lazy.pop((b, a), None)
         self.P.pop((b, a), None)
         self.P[(a, b)] = x
 
@@ -233,11 +246,20 @@ class Engine:
         self.lazy_sigma.pop(name, None)
         for k in [k for k in self.P if name in k]:
             del self.P[k]
+        for k in [k for k in self.lazy if name in k]:
+            del self.lazy[k]
 
     # ---------------------------------------------------------------------------------------------- run
     def run(self, differentiable: bool = False) -> float | torch.Tensor:
         """The bound. `differentiable`: sqrt(lambda_max(P_yy)) as a tensor carrying autograd (not certified)."""
         self.differentiable = differentiable
+        self.fast = not differentiable
+        if self.dry or differentiable:
+            return self._run()
+        with self.counter:
+            return self._run()
+
+    def _run(self) -> float | torch.Tensor:
         g = self.g
         for i, node in enumerate(self.nodes):
             self.i = i
@@ -279,27 +301,14 @@ class Engine:
         for u, _, _ in terms:
             gu = self.grid(self.live[u])
             sig.append(math.sqrt(gu.full / gy.full))
+        if self.fast and self._push_factored(y, terms, others, gy, sig[0]):
+            return
         for t in others:
-            gt = self.grid(self.live[t])
-            acc = None
-            for (u, A, coef), s in zip(terms, sig, strict=True):
-                if not self.linked(u, t):
-                    continue
-                gu = self.grid(self.live[u])
-                gut = cn.finer(gu, gt)
-                x = self.getP(u, t)
-                if A is not None and A.flat:  # a constant symbol commutes with the alias sum: fold first
-                    x = _scale(A.left(cn.down(x, gut, cn.finer(gy, gt))), coef / s)
-                else:
-                    if A is not None:
-                        x = A.on(gut).left(x)
-                    x = _scale(cn.down(x, gut, cn.finer(gy, gt)), coef / s)
-                acc = x if acc is None else _add(acc, x)
-            if acc is not None:
-                self.setP(y.name, t, acc)
+            self._push_cross(y, t, terms, sig, gy)
         acc = None
         if len(terms) == 1 and terms[0][1] is not None and terms[0][0] in self.factor \
-                and (terms[0][0], terms[0][0]) not in self.P:
+                and (terms[0][0], terms[0][0]) not in self.P and not (self.fast and terms[0][1].flat):
+            # (a constant symbol folding onto a coarser grid: cheaper from P_uu = tri_gram(R), below)
             u, A, cu = terms[0]
             R, gu = self.factor[u]  # P_uu = R^* R  =>  P_yy = (A R^*)(A R^*)^*
             X = A.on(gu).left(R.mH)
@@ -348,6 +357,55 @@ class Engine:
                 acc = x if acc is None else _add(acc, x)
         self.setP(y.name, y.name, acc)
 
+    def _push_cross(self, y: TS, t: str, terms: list[tuple[str, cn.Symbol | None, float]], sig: list[float],
+                    gy: cn.Grid) -> None:
+        """P_yt = sum_i (c_i / s_i) fold(A_i P_{u_i t}) (the alias fold onto y's grid)."""
+        gt = self.grid(self.live[t])
+        acc = None
+        for (u, A, coef), s in zip(terms, sig, strict=True):
+            if not self.linked(u, t):
+                continue
+            gu = self.grid(self.live[u])
+            gut = cn.finer(gu, gt)
+            x = self.getP(u, t)
+            if A is not None and A.flat:  # a constant symbol commutes with the alias sum: fold first
+                x = _scale(A.left(cn.down(x, gut, cn.finer(gy, gt))), coef / s)
+            else:
+                if A is not None:
+                    x = A.on(gut).left(x)
+                x = _scale(cn.down(x, gut, cn.finer(gy, gt)), coef / s)
+            acc = x if acc is None else _add(acc, x)
+        if acc is not None:
+            self.setP(y.name, t, acc)
+
+    def _push_factored(self, y: TS, terms: list[tuple[str, cn.Symbol | None, float]], others: list[str],
+                       gy: cn.Grid, s: float) -> bool:
+        """y = c A h for an activation h whose P_hh = R^* R was never formed: Z = A R^* on h's grid, then
+        P_yy = (c/s)^2 fold(Z Z^*) (the alias stack's Hermitian product), P_yh = (c/s) Z R and P_yt = (c/s)
+        fold(Z B_t) for the crosses kept lazily (P_th = B_t^* R); neither P_hh nor P_th is formed. The same values
+        as the plain push-forward, in fewer products. False: not this case (the caller pushes as usual); a
+        constant symbol onto a coarser grid is cheaper folded after forming P_hh, so it is not this case."""
+        if len(terms) != 1 or terms[0][1] is None or terms[0][0] not in self.factor:
+            return False
+        u, A, cu = terms[0]
+        R, gu = self.factor[u]
+        if (u, u) in self.P or gu != self.grid(self.live[u]) or (A.flat and gu != gy):
+            return False
+        Ad = A.on(gu)
+        Z = Ad.arr[..., :, None] * R.mH if Ad.diag else factor.mm_tri(Ad.arr, R.mH, upper=True)
+        f = cu / s
+        for t in others:
+            if t == u:
+                self.setP(y.name, t, _scale(factor.mm_tri(Z, R), f))
+            elif (t, u) in self.lazy:
+                gt = cn.finer(gy, self.grid(self.live[t]))
+                self.setP(y.name, t, _scale(cn.down(Z @ self.lazy[(t, u)], gu, gt), f))
+            else:
+                self._push_cross(y, t, terms, [s], gy)
+        X = cn.alias_stack(Z, gu, gy) if gu != gy else Z
+        self.setP(y.name, y.name, _scale(factor.herk(X), f * f))
+        return True
+
     def restart(self, node: Node | None, c: float, inputs: list[str], new: TS | None = None) -> None:
         """Bound the live set isotropically and restart the certificate (see module docstring)."""
         self.nrestart += 1
@@ -374,6 +432,7 @@ class Engine:
             newlive[new.name] = replace(new, root=new.name, r=(1,) * len(new.sdims), clean=True, flat=True)
         self.live = newlive
         self.P = {}
+        self.lazy = {}
         self.factor = {}
         self.lazy_sigma = {}
         for t, ts in newlive.items():
@@ -684,14 +743,18 @@ class Engine:
             gt = self.grid(self.live[t])
             gvt = cn.finer(gv, gt)
             x = self.getP(v.name, t) * (beta * lamc[:, None])
-            B[t] = (cn.up(Linv, gv, gvt) @ x, gvt)
+            Lu = cn.up(Linv, gv, gvt)
+            B[t] = (factor.tri_mm(Lu, x) if self.fast else Lu @ x, gvt)
         for i, t in enumerate(others):
             for t2 in others[i:]:
                 (bt, g1), (bt2, g2) = B[t], B[t2]
                 g3 = cn.finer(g1, g2)
                 tgt = cn.finer(self.grid(self.live[t]), self.grid(self.live[t2]))
                 if g3 == tgt and min(g1.full, g2.full) <= gv.full:  # exact, same grid: one fused product + add
-                    self.setP(t, t2, _addmm(self.getP(t, t2), cn.up(bt, g1, g3).mH, cn.up(bt2, g2, g3)))
+                    if t == t2 and self.fast:  # Hermitian: half the product
+                        self.setP(t, t, self.getP(t, t) + factor.herk(bt.mH))
+                    else:
+                        self.setP(t, t2, _addmm(self.getP(t, t2), cn.up(bt, g1, g3).mH, cn.up(bt2, g2, g3)))
                     continue
                 upd = cn.up(bt, g1, g3).mH @ cn.up(bt2, g2, g3)
                 upd = cn.down(upd, g3, tgt)
@@ -705,7 +768,10 @@ class Engine:
         self.live[name] = h
         for t in others:
             bt, gvt = B[t]
-            self.setP(t, name, bt.mH @ cn.up(Linv, gv, gvt))
+            if self.fast and gvt == gv:
+                self.lazy[(t, name)] = bt  # P_th = B_t^* Linv, formed by getP only if read as such
+            else:
+                self.setP(t, name, bt.mH @ cn.up(Linv, gv, gvt))
         self.factor[name] = (Linv, gv)  # P_hh = Linv^* Linv, formed only if someone reads it
 
 
@@ -854,15 +920,15 @@ def run_recursion(g: GraphModel, rule: Rule, device: torch.device, check: Callab
     grids, cost = plan(g, device, extra, circular)
     e = Engine(g, rule, device, dry=False, grids=grids, check=check, chunk=chunk, circular=circular)
     t0 = time.perf_counter()
-    with factor.FlopCounter() as fc:
-        val = e.run()
+    val = e.run()
     st = e.stats
-    st.flops = fc.flops
+    st.flops = e.counter.flops
     wall = time.perf_counter() - t0
     phases = {k: round(v, 4) for k, v in sorted(st.phases.items(), key=lambda kv: -kv[1])}
     return val, {"restarts": st.restarts, "activations": st.activations, "backoffs": st.backoffs,
                  "grids": {k: list(v) for k, v in grids.items()}, "min_margin": st.min_margin,
                  "vacuous": st.vacuous, **({"alias_inflated": st.alias_inflated} if st.alias_inflated else {}),
                  # the engine's work: phases in seconds, counted flops and the plan's model (8 F c^3 per activation)
-                 "phases": phases, "engine_seconds": wall, "flops": st.flops, "model_flops": cost * 8,
+                 "phases": phases, "phase_gflop": {k: round(st.phase_flops.get(k, 0.0) / 1e9, 3) for k in phases},
+                 "engine_seconds": wall, "flops": st.flops, "model_flops": cost * 8,
                  "gflops_per_s": st.flops / wall / 1e9 if wall > 0 else math.nan}

@@ -95,3 +95,79 @@ _PRODUCTS = frozenset({"mm", "bmm", "addmm", "baddbmm"})
 
 def _fma(x: torch.Tensor) -> float:
     return 8.0 if x.is_complex() else 2.0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# structured products: only the work their structure needs (a triangle, a Hermitian half), as batched GEMMs
+# ---------------------------------------------------------------------------------------------------------
+PROD_LEAF = 64  # below this, one plain GEMM (a split would cost more in calls and copies than it saves)
+
+
+def herk(x: torch.Tensor) -> torch.Tensor:
+    """x @ x^* (Hermitian) from its lower half: half the multiply-adds of the plain product."""
+    m = x.shape[-2]
+    if m <= PROD_LEAF:
+        return x @ x.mH
+    k = m // 2
+    x1, x2 = x[..., :k, :], x[..., k:, :]
+    out = x.new_empty(x.shape[:-2] + (m, m))
+    out[..., :k, :k] = herk(x1)
+    low = x2 @ x1.mH
+    out[..., k:, :k] = low
+    out[..., :k, k:] = low.mH
+    out[..., k:, k:] = herk(x2)
+    return out
+
+
+def tri_gram(r: torch.Tensor) -> torch.Tensor:
+    """r^* @ r for lower-triangular r (the storage P = R^* R of a factored activation): a third of the work."""
+    n = r.shape[-1]
+    if n <= PROD_LEAF:
+        return r.mH @ r
+    k = n // 2
+    r21, r22 = r[..., k:, :k], r[..., k:, k:]
+    out = r.new_empty(r.shape)
+    out[..., :k, :k] = tri_gram(r[..., :k, :k]) + r21.mH @ r21
+    low = tri_mm(r22.mH, r21, upper=True)  # r22^* r21, r22^* upper triangular
+    out[..., k:, :k] = low
+    out[..., :k, k:] = low.mH
+    out[..., k:, k:] = tri_gram(r22)
+    return out
+
+
+def tri_mm(t: torch.Tensor, x: torch.Tensor, upper: bool = False) -> torch.Tensor:
+    """t @ x for triangular t (lower, or upper with upper=True): half the work of the plain product."""
+    n = t.shape[-1]
+    if n <= PROD_LEAF:
+        return t @ x
+    k = n // 2
+    x1, x2 = x[..., :k, :], x[..., k:, :]
+    out = x.new_empty(_batch(t, x) + (n, x.shape[-1]))
+    if upper:  # [[T11, T12], [0, T22]] [x1; x2] = [T11 x1 + T12 x2; T22 x2]
+        out[..., :k, :] = tri_mm(t[..., :k, :k], x1, True) + t[..., :k, k:] @ x2
+        out[..., k:, :] = tri_mm(t[..., k:, k:], x2, True)
+    else:  # [[T11, 0], [T21, T22]] [x1; x2] = [T11 x1; T21 x1 + T22 x2]
+        out[..., :k, :] = tri_mm(t[..., :k, :k], x1)
+        out[..., k:, :] = t[..., k:, :k] @ x1 + tri_mm(t[..., k:, k:], x2)
+    return out
+
+
+def mm_tri(x: torch.Tensor, t: torch.Tensor, upper: bool = False) -> torch.Tensor:
+    """x @ t for triangular t (lower, or upper with upper=True): half the work of the plain product."""
+    n = t.shape[-1]
+    if n <= PROD_LEAF:
+        return x @ t
+    k = n // 2
+    x1, x2 = x[..., :, :k], x[..., :, k:]
+    out = x.new_empty(_batch(x, t) + (x.shape[-2], n))
+    if upper:  # [x1 x2] [[T11, T12], [0, T22]] = [x1 T11, x1 T12 + x2 T22]
+        out[..., :, :k] = mm_tri(x1, t[..., :k, :k], True)
+        out[..., :, k:] = x1 @ t[..., :k, k:] + mm_tri(x2, t[..., k:, k:], True)
+    else:  # [x1 x2] [[T11, 0], [T21, T22]] = [x1 T11 + x2 T21, x2 T22]
+        out[..., :, :k] = mm_tri(x1, t[..., :k, :k]) + x2 @ t[..., k:, :k]
+        out[..., :, k:] = mm_tri(x2, t[..., k:, k:])
+    return out
+
+
+def _batch(a: torch.Tensor, b: torch.Tensor) -> tuple[int, ...]:
+    return tuple(torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
