@@ -263,7 +263,8 @@ def form_m(lam: torch.Tensor, g: torch.Tensor, what: str) -> tuple[torch.Tensor,
     Λ·chol(A − τ·diag(A)). Why not scale first: A is −Γ̂ with a new diagonal, one pass over Γ̂, no outer product.
     """
     n = g.shape[0]
-    diag_a = 2 / lam - torch.diagonal(g)
+    inv = torch.reciprocal(lam)
+    diag_a = 2 * inv - torch.diagonal(g)  # catches λ ≤ 0, 0, NaN and ∞ too (Γ̂_ii ≥ 0)
     if not bool(((diag_a > 0) & torch.isfinite(diag_a)).all()):
         raise CertificationError(f"{what} is not positive definite (non-positive diagonal)")
     t = tau(n)
@@ -272,7 +273,7 @@ def form_m(lam: torch.Tensor, g: torch.Tensor, what: str) -> tuple[torch.Tensor,
     r, info = torch.linalg.cholesky_ex(c)
     if int(info) != 0:
         raise CertificationError(f"{what} is not positive definite with relative margin {t:.1e}")
-    return c, 1.0 / lam, r.mul_(lam[:, None])
+    return c, inv, r.mul_(lam[:, None])
 
 
 def normalised_gram(y: torch.Tensor, coef: float, k: int) -> tuple[torch.Tensor, list[float]]:
@@ -282,7 +283,8 @@ def normalised_gram(y: torch.Tensor, coef: float, k: int) -> tuple[torch.Tensor,
     scale in a log accumulator; a zero or non-finite divisor means a degenerate layer. The divisor comes from the
     column norms of y, so the scaling rides on the Gram product (no pass over y or Γ̂ of its own).
     """
-    divs = [coef * x * x for x in torch.linalg.vector_norm(y, dim=-2).amax(dim=-1).reshape(-1).tolist()]
+    norms = torch.linalg.vector_norm(y, dim=-2).amax(dim=-1)
+    divs = [coef * x * x for x in (norms.reshape(-1).tolist() if y.dim() > 2 else [float(norms)])]
     for d in divs:
         if not (d > 0 and math.isfinite(d)):
             raise CertificationError(f"layer {k + 1}: degenerate Gram matrix (max diagonal {d})")
@@ -487,9 +489,9 @@ class Recursion:
         keep = self.keep_p if keep_p is None else keep_p
         if s.p < 0:
             keep = True  # required for αβ < 0
-        if not bool(((lam > 0) & torch.isfinite(lam)).all()):  # one device sync
-            raise CertificationError(f"layer {k + 1}: multipliers must be finite and positive")
         if keep and s.p != 0:
+            if not bool(((lam > 0) & torch.isfinite(lam)).all()):  # (form_m checks them on the other paths)
+                raise CertificationError(f"layer {k + 1}: multipliers must be finite and positive")
             w = self.W[k]
             smat = sym(self.M + (2 * s.p / d) * (w.T * lam[None, :]) @ w)
             _, rs = checked_cholesky(smat, f"S_{k} (layer {k + 1})")
