@@ -19,15 +19,10 @@ lambda_max(X(w)) <= tau up to the Cholesky backward error, which we cover by a r
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-
-if TYPE_CHECKING:
-    from .trace import Node
 
 CDTYPE = torch.complex128
 # inflation covering rounding in the Cholesky certificate (relative, times the matrix size)
@@ -299,68 +294,16 @@ def lmax_upper(x: torch.Tensor, iters: int = 30, check_deadline: object = None) 
     raise ArithmeticError("could not certify lambda_max")
 
 
-def spectral_norm_matrix(w: torch.Tensor) -> float:
-    """Certified ||W||_2 of a dense real matrix (via the smaller Gram matrix)."""
-    w = w.detach().to(torch.float64)
-    g = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
-    return math.sqrt(lmax_upper(g.to(CDTYPE)[None]))
-
-
 # ---------------------------------------------------------------------------------------------------------
-# operator norms of graph nodes (the naive bound and the engine's restarts)
+# the operator norms of graph nodes live in opnorms.py (Gram symbols from the kernel autocorrelation, certified
+# by Lanczos plus one Cholesky pass); importers that still read them from this module get them from there
 # ---------------------------------------------------------------------------------------------------------
-def conv_norm(node: Node, w: torch.Tensor | None = None, device: torch.device | None = None) -> float:
-    """Certified spectral norm of the zero-padded conv (lifted circular symbol, aliasing sum for stride)."""
-    a = node.attrs
-    w = a["weight"] if w is None else w
-    dev = device or torch.device("cpu")
-    k, s, p, dl = tuple(w.shape[2:]), a["stride"], a["padding"], a["dilation"]
-    groups = a.get("groups", 1)
-    n_in = node.in_shape[1:]
-    n_out = node.shape[1:]
-    d = len(k)
-    if len(n_in) != d:  # a conv on a 1x1 "point": only the centre tap acts
-        return float("nan")
-    need = [max(n_in[i] + p[i], s[i] * (n_out[i] - 1) + (k[i] - 1) * dl[i] - p[i] + 1) for i in range(d)]
-    N = tuple(int(math.ceil(need[i] / s[i]) * s[i]) for i in range(d))
-    g = Grid(N)
-    sym = conv_symbol(w, g, s, p, dl, groups, dev)
-    point = all(x == 1 for x in n_out)
-    gy = Grid(()) if point else Grid(tuple(N[i] // s[i] for i in range(d)))
-    S = g.full / gy.full
-    if sym.diag:
-        x = (sym.arr.abs() ** 2)[..., None, :]  # (F, 1, c): diagonal blocks as a batch of 1x1 "matrices"
-        x = down(x.transpose(1, 2), g, gy) / S  # (Fy, c, 1)
-        return math.sqrt(float(x.real.max()) * (1 + 1e-12))
-    B = alias_stack(sym.arr, g, gy)  # (Fy, co, S*ci): ||C||^2 = max lambda_max(B B^*) / S
-    gram = B.mH @ B if B.shape[2] < B.shape[1] else B @ B.mH
-    gram = gram / S
-    return math.sqrt(lmax_upper((gram + gram.mH) / 2))
+_MOVED = ("conv_norm", "spectral_norm_matrix", "maxpool_lipschitz", "avgpool_norm_bound")
 
 
-def maxpool_lipschitz(node: Node) -> float:
-    """sqrt(max number of windows an input pixel belongs to) = sqrt(prod ceil(span/s)) (tight: spike input)."""
-    a = node.attrs
-    m = 1
-    for k, s, d in zip(a["kernel"], a["stride"], a["dilation"], strict=True):
-        m *= min(k, math.ceil(((k - 1) * d + 1) / s)) if d > 1 else math.ceil(k / s)
-    return math.sqrt(m)
+def __getattr__(name: str) -> object:
+    if name in _MOVED:
+        from . import opnorms
 
-
-def avgpool_norm_bound(node: Node) -> float:
-    """Schur test: ||box sum|| <= sqrt(prod k * prod ceil(k/s)); divided by the smallest divisor used."""
-    a = node.attrs
-    k, s, p = a["kernel"], a["stride"], a["padding"]
-    n_in, n_out = node.in_shape[1:], node.shape[1:]
-    if a["divisor"]:
-        mind = float(a["divisor"])
-    elif a["count_include_pad"]:
-        mind = 1.0
-        for i in range(len(k)):  # windows may still be clipped at the far end (ceil_mode)
-            mind *= min(min(k[i], n_in[i] + 2 * p[i] - s[i] * o) for o in range(n_out[i]))
-    else:
-        mind = 1.0
-        for i in range(len(k)):
-            mind *= min(min(s[i] * o - p[i] + k[i], n_in[i]) - max(s[i] * o - p[i], 0) for o in range(n_out[i]))
-    box = math.sqrt(float(np.prod(k)) * float(np.prod([math.ceil(kk / ss) for kk, ss in zip(k, s, strict=True)])))
-    return box / max(mind, 1.0)
+        return getattr(opnorms, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

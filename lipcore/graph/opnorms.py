@@ -35,8 +35,9 @@ if TYPE_CHECKING:
 
 U = float(np.finfo(np.float64).eps) / 2  # unit roundoff of float64
 TIGHT = 1e-9  # the certificate's level sits this far (relative) above the best eigenvalue estimate
-TOP_BLOCKS = 8  # blocks whose top eigenvalue is refined in float64 (ranked by the short runs)
-LANCZOS_STEPS = 12  # the max over blocks of the Ritz values converges far faster than each block's
+TOP_BLOCKS = 4  # blocks whose top eigenvalue is refined in float64 (ranked by the short runs)
+LANCZOS_STEPS = 8  # steps of the ranking runs (a block the ranking misses fails the check and is refined)
+LONG_STEPS = 32  # steps of the float64 runs on the top blocks
 EXACT_BELOW = 48  # blocks this small get their top eigenvalue exactly (eigvalsh) instead of Lanczos
 
 
@@ -52,47 +53,79 @@ def _chunk(B: int, c: int, budget: int = 1 << 25) -> int:
 # ---------------------------------------------------------------------------------------------------------
 # certified lambda_max over a batch of Hermitian PSD blocks
 # ---------------------------------------------------------------------------------------------------------
-def ritz_max(x: torch.Tensor, steps: int = LANCZOS_STEPS, seed: int = 0, single: bool = True) -> torch.Tensor:
-    """Per-block largest Ritz value of `steps` Lanczos steps (full reorthogonalisation, twice) in single
-    precision (or in x's own with single=False).
+def _start(B: int, c: int, dtype: torch.dtype, device: torch.device, seed: int) -> torch.Tensor:
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    v = (torch.randn(B, c, generator=gen, dtype=torch.float64) + 0.1).to(device=device, dtype=dtype)
+    return v / torch.linalg.vector_norm(v, dim=1, keepdim=True)
 
-    An estimate that only chooses the certificate's level (a lower estimate up to rounding), clipped to the
-    Frobenius norm (which lambda_max never exceeds); (B,) float64."""
+
+def _tridiag_max(alpha: torch.Tensor, beta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Top eigenvalue of the Lanczos tridiagonal matrices, clipped to ||x||_F (lambda_max never exceeds it)."""
+    T = torch.diag_embed(alpha) + torch.diag_embed(beta[:, :-1], 1) + torch.diag_embed(beta[:, :-1], -1)
+    return torch.minimum(torch.linalg.eigvalsh(T)[:, -1], torch.linalg.matrix_norm(x).double())
+
+
+def rough_ritz(x: torch.Tensor, steps: int = LANCZOS_STEPS, seed: int = 0) -> torch.Tensor:
+    """Per-block largest Ritz value of plain Lanczos (three-term recurrence, no reorthogonalisation) in single
+    precision: one batched matvec per step, for ranking blocks only. Without reorthogonalisation Ritz values
+    still lie within O(eps ||x||) of the spectrum's hull (Paige), so the ranking is sound; (B,) float64."""
     B, c, _ = x.shape
     k = max(1, min(steps, c))
-    lo = (torch.complex64 if x.is_complex() else torch.float32) if single else x.dtype
+    lo = torch.complex64 if x.is_complex() else torch.float32
     xs = x.detach().to(lo)
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    v = (torch.randn(B, c, generator=gen, dtype=torch.float64) + 0.1).to(device=x.device, dtype=lo)
-    v = v / torch.linalg.vector_norm(v, dim=1, keepdim=True)
-    V = torch.zeros(B, k, c, dtype=lo, device=x.device)
+    v = _start(B, c, lo, x.device, seed)
+    prev = torch.zeros_like(v)
     alpha = torch.zeros(B, k, dtype=torch.float64, device=x.device)
     beta = torch.zeros(B, k, dtype=torch.float64, device=x.device)
-    tiny = 1e-30
+    b = torch.zeros(B, dtype=lo, device=x.device)
+    for j in range(k):
+        w = torch.einsum("bij,bj->bi", xs, v)
+        a = (v.conj() * w).sum(1).real
+        w = w - a[:, None] * v - b[:, None] * prev
+        nb = torch.linalg.vector_norm(w, dim=1)
+        alpha[:, j], beta[:, j] = a, nb
+        prev, b = v, nb.to(lo)
+        v = torch.where(nb[:, None] > 1e-30, w / nb.clamp_min(1e-30)[:, None], torch.zeros_like(w))
+    return _tridiag_max(alpha, beta, x.detach())
+
+
+def ritz_max(x: torch.Tensor, steps: int = LONG_STEPS, seed: int = 0) -> torch.Tensor:
+    """Per-block largest Ritz value of `steps` Lanczos steps in x's own precision with full
+    reorthogonalisation (classical Gram-Schmidt twice): for the few top blocks, accurate to ~1e-14 once
+    converged. An estimate that only chooses the certificate's level; (B,) float64."""
+    B, c, _ = x.shape
+    k = max(1, min(steps, c))
+    x = x.detach()
+    v = _start(B, c, x.dtype, x.device, seed)
+    V = torch.zeros(B, k, c, dtype=x.dtype, device=x.device)
+    alpha = torch.zeros(B, k, dtype=torch.float64, device=x.device)
+    beta = torch.zeros(B, k, dtype=torch.float64, device=x.device)
     for j in range(k):
         V[:, j] = v
-        w = (xs @ v[:, :, None])[:, :, 0]
+        w = (x @ v[:, :, None])[:, :, 0]
         alpha[:, j] = (v.conj() * w).sum(1).real
         basis = V[:, :j + 1]
-        for _ in range(2):  # classical Gram-Schmidt twice ("twice is enough"); once loses orthogonality
-            w = w - (basis.mT @ (basis.conj() @ w[:, :, None]))[:, :, 0]
-        b = torch.linalg.vector_norm(w, dim=1)
-        beta[:, j] = b
-        v = torch.where(b[:, None] > tiny, w / b.clamp_min(tiny)[:, None], torch.zeros_like(w))
-    T = torch.diag_embed(alpha) + torch.diag_embed(beta[:, :-1], 1) + torch.diag_embed(beta[:, :-1], -1)
-    return torch.minimum(torch.linalg.eigvalsh(T)[:, -1], torch.linalg.matrix_norm(x.detach()).double())
+        for _ in range(2):  # elementwise projections: far cheaper than tiny batched GEMMs
+            w = w - ((basis.conj() * w[:, None, :]).sum(-1)[:, :, None] * basis).sum(1)
+        nb = torch.linalg.vector_norm(w, dim=1)
+        beta[:, j] = nb
+        v = torch.where(nb[:, None] > 1e-300, w / nb.clamp_min(1e-300)[:, None], torch.zeros_like(w))
+    return _tridiag_max(alpha, beta, x)
 
 
 def _level(x: torch.Tensor, step: int) -> float:
     """A level just above max_b lambda_max(x[b]) as far as estimates can tell: exact eigenvalues for small
-    blocks; otherwise short single-precision Lanczos runs rank the blocks and a long float64 run on the top
-    ones (where the maximum is) gives their top eigenvalue to ~1e-14."""
+    blocks; otherwise the blocks are ranked by their Frobenius norm (one pass), the leading tenth by short
+    single-precision Lanczos runs, and a long float64 run on the top few (where the maximum is) gives their
+    top eigenvalue to ~1e-14. A block the ranking misses fails the check and is refined there."""
     B, c, _ = x.shape
     if c <= EXACT_BELOW:
         return max(float(torch.linalg.eigvalsh(x[i:i + step])[:, -1].max()) for i in range(0, B, step))
-    rough = torch.cat([ritz_max(x[i:i + step]) for i in range(0, B, step)])
-    top = torch.topk(rough, min(B, TOP_BLOCKS)).indices
-    return float(ritz_max(x[top], min(c, 4 * LANCZOS_STEPS), single=False).max())
+    fro = torch.linalg.matrix_norm(x)
+    cand = torch.topk(fro, min(B, max(4 * TOP_BLOCKS, B // 10))).indices
+    rough = torch.cat([rough_ritz(x[cand[i:i + step]]) for i in range(0, len(cand), step)])
+    top = cand[torch.topk(rough, min(len(cand), TOP_BLOCKS)).indices]
+    return float(ritz_max(x[top]).max())
 
 
 def lmax_certified(x: torch.Tensor, check: Callable[[], None] | None = None) -> float:
@@ -110,12 +143,13 @@ def lmax_certified(x: torch.Tensor, check: Callable[[], None] | None = None) -> 
     step = _chunk(B, c)
     tau = max(_level(x, step), float(dg.max())) * (1 + TIGHT)
     todo = torch.arange(B, device=x.device)
-    eye = torch.eye(c, dtype=x.dtype, device=x.device)
     for it in range(64):
         bad = []
         for i in range(0, len(todo), step):
             sel = todo[i:i + step]
-            _, info = torch.linalg.cholesky_ex(tau * eye - x[sel])
+            a = -(x[i:i + step] if it == 0 else x[sel])  # tau I - x, with one copy
+            a.diagonal(dim1=-2, dim2=-1).add_(tau)
+            _, info = torch.linalg.cholesky_ex(a)
             bad.append(sel[info != 0])
             if check is not None:
                 check()
@@ -130,18 +164,15 @@ def lmax_certified(x: torch.Tensor, check: Callable[[], None] | None = None) -> 
 
 
 def _raise_level(x: torch.Tensor, todo: torch.Tensor, tau: float, it: int, step: int) -> float:
-    """The next level after the blocks `todo` failed at tau (a block the ranking missed, or a top eigenvalue
-    cluster Lanczos has not resolved): a long float64 Lanczos run on them, then their exact top eigenvalue,
-    then gentle growth (rounding at the exact eigenvalue)."""
-    c = x.shape[-1]
-    if it == 0 and c > EXACT_BELOW:
-        est = max(float(ritz_max(x[todo[i:i + step]], min(c, 4 * LANCZOS_STEPS), single=False).max())
-                  for i in range(0, len(todo), step))
-        return max(tau, est * (1 + TIGHT))
-    if it <= 1:
+    """The next level after the blocks `todo` failed at tau (blocks the ranking missed, or a top eigenvalue
+    cluster Lanczos has not resolved): the same estimate on them alone, then their exact top eigenvalue, then
+    gentle growth (rounding at the exact eigenvalue)."""
+    if it <= 2 and x.shape[-1] > EXACT_BELOW:
+        return max(tau, _level(x[todo], step) * (1 + TIGHT))
+    if it <= 3:
         top = max(float(torch.linalg.eigvalsh(x[todo[i:i + step]])[:, -1].max()) for i in range(0, len(todo), step))
         return max(tau, top * (1 + TIGHT))
-    return tau * (1 + min(0.01, TIGHT * 10 ** it))
+    return tau * (1 + min(0.01, TIGHT * 10 ** (it - 2)))
 
 
 # ---------------------------------------------------------------------------------------------------------
