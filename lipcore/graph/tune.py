@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from ..errors import CertificationError
+from ..errors import BudgetExceeded, CertificationError
 from . import engine
 from . import norms as cn
 from .trace import GraphModel, build_graph
@@ -112,6 +112,9 @@ def tune(pg: GraphModel, grids: dict[str, tuple[int, ...]], device: torch.device
                 history.append(v)
                 stopped = "the bound does not depend on any multiplier"
                 break
+        except BudgetExceeded:  # anytime: the best point so far (or the untuned start) is what tuning returns
+            stopped = "the model's budget ran out during tuning"
+            break
         except (CertificationError, ArithmeticError, RuntimeError) as e:
             if not history and dtype != torch.complex128:  # complex64 overflows (e.g. vacuous LayerNorm scales)
                 dtype = torch.complex128
