@@ -4,13 +4,15 @@ Why one generic recursion: every closed-form bound (ECLipsE-Fast, the Syed–Hu 
 optimizer's certificate are the same Schur-complement recursion with a different rule for Λ_k. Running them all
 through one code path (torch float64, on the context's device) means one place to get the numerics right:
 
-* per layer the Gram matrix Γ̂_k = coef·W_k M_{k-1}^{-1} W_k^T comes from a Cholesky factor and a triangular
-  solve (never an explicit inverse), and is renormalised by its largest diagonal entry; the scale is kept as a
-  log accumulator (every rule is homogeneous of degree −1, theory §2), so 100-layer nets neither under- nor overflow;
-* λ_max only of symmetric matrices (eigvalsh, or a converged Lanczos estimate for large layers whose
-  admissibility is then enforced by the Cholesky check anyway);
-* certification in-line: after Λ_k is chosen, M_k (and S_{k-1} when the p-term is kept) is Jacobi-scaled and
-  factorised with a relative shift τ(n) ≥ the Cholesky backward-error bound. Success proves the exact matrix PD;
+* per layer the Gram matrix Γ̂_k = coef·W_k M_{k-1}^{-1} W_k^T comes from a Cholesky factor, a triangular
+  solve (never an explicit inverse) and a symmetric rank-k update (syrk on the CPU), and is renormalised by its
+  largest diagonal entry; the scale is kept as a log accumulator (every rule is homogeneous of degree −1,
+  theory §2), so 100-layer nets neither under- nor overflow;
+* λ_max only of symmetric matrices (one-eigenvalue dense solve, or a converged Lanczos estimate for large layers;
+  what a rule's Λ needs is enforced by the Cholesky check anyway, see `LayerCache.lmax` and `lmax_upper`);
+* certification in-line: after Λ_k is chosen, M_k (and S_{k-1} when the p-term is kept) is factorised with a
+  relative shift τ(n)·diag ≥ the Cholesky backward-error bound (`form_m`, `checked_cholesky`; invariant under
+  the Jacobi scaling that makes the diagonal 1). Success proves the exact matrix PD;
   the recursion then *continues with the shifted matrix* M_k − τ·diag(M_k) ⪯ M_k, which by monotonicity (theory §2)
   can only increase the final value. So the number a trajectory returns is exactly what `certify` recomputes
   from its Λ sequence, and it is an upper bound for that sequence with the floating-point error covered.
