@@ -35,10 +35,11 @@ if TYPE_CHECKING:
 
 U = float(np.finfo(np.float64).eps) / 2  # unit roundoff of float64
 TIGHT = 1e-9  # the certificate's level sits this far (relative) above the best eigenvalue estimate
-TOP_BLOCKS = 4  # blocks whose top eigenvalue is refined in float64 (ranked by the short runs)
+TOP_BLOCKS = 2  # blocks whose top eigenvalue is refined in float64 (ranked by the short runs)
 LANCZOS_STEPS = 8  # steps of the ranking runs (a block the ranking misses fails the check and is refined)
 LONG_STEPS = 32  # steps of the float64 runs on the top blocks
 EXACT_BELOW = 48  # blocks this small get their top eigenvalue exactly (eigvalsh) instead of Lanczos
+EXACT_TOP_BELOW = 256  # the top-ranked blocks up to this size too (above it: a long float64 Lanczos run)
 
 
 def _gamma(m: int) -> float:
@@ -59,10 +60,11 @@ def _start(B: int, c: int, dtype: torch.dtype, device: torch.device, seed: int) 
     return v / torch.linalg.vector_norm(v, dim=1, keepdim=True)
 
 
-def _tridiag_max(alpha: torch.Tensor, beta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def _tridiag_max(alpha: torch.Tensor, beta: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
     """Top eigenvalue of the Lanczos tridiagonal matrices, clipped to ||x||_F (lambda_max never exceeds it)."""
     T = torch.diag_embed(alpha) + torch.diag_embed(beta[:, :-1], 1) + torch.diag_embed(beta[:, :-1], -1)
-    return torch.minimum(torch.linalg.eigvalsh(T)[:, -1], torch.linalg.matrix_norm(x).double())
+    top = torch.linalg.eigvalsh(T)[:, -1]
+    return top if x is None else torch.minimum(top, torch.linalg.matrix_norm(x).double())
 
 
 def rough_ritz(x: torch.Tensor, steps: int = LANCZOS_STEPS, seed: int = 0) -> torch.Tensor:
@@ -86,7 +88,7 @@ def rough_ritz(x: torch.Tensor, steps: int = LANCZOS_STEPS, seed: int = 0) -> to
         alpha[:, j], beta[:, j] = a, nb
         prev, b = v, nb.to(lo)
         v = torch.where(nb[:, None] > 1e-30, w / nb.clamp_min(1e-30)[:, None], torch.zeros_like(w))
-    return _tridiag_max(alpha, beta, x.detach())
+    return _tridiag_max(alpha, beta, None)
 
 
 def ritz_max(x: torch.Tensor, steps: int = LONG_STEPS, seed: int = 0) -> torch.Tensor:
@@ -115,16 +117,18 @@ def ritz_max(x: torch.Tensor, steps: int = LONG_STEPS, seed: int = 0) -> torch.T
 
 def _level(x: torch.Tensor, step: int) -> float:
     """A level just above max_b lambda_max(x[b]) as far as estimates can tell: exact eigenvalues for small
-    blocks; otherwise the blocks are ranked by their Frobenius norm (one pass), the leading tenth by short
-    single-precision Lanczos runs, and a long float64 run on the top few (where the maximum is) gives their
-    top eigenvalue to ~1e-14. A block the ranking misses fails the check and is refined there."""
+    blocks; otherwise the blocks are ranked by their trace (free), the leading sixth by short single-precision
+    Lanczos runs, and a long float64 run on the top few (where the maximum is) gives their top eigenvalue to
+    ~1e-14. A block the ranking misses fails the check and is refined there."""
     B, c, _ = x.shape
     if c <= EXACT_BELOW:
         return max(float(torch.linalg.eigvalsh(x[i:i + step])[:, -1].max()) for i in range(0, B, step))
-    fro = torch.linalg.matrix_norm(x)
-    cand = torch.topk(fro, min(B, max(4 * TOP_BLOCKS, B // 10))).indices
+    tr = x.diagonal(dim1=-2, dim2=-1).real.sum(-1)
+    cand = torch.topk(tr, min(B, max(4 * TOP_BLOCKS, B // 6))).indices
     rough = torch.cat([rough_ritz(x[cand[i:i + step]]) for i in range(0, len(cand), step)])
     top = cand[torch.topk(rough, min(len(cand), TOP_BLOCKS)).indices]
+    if c <= EXACT_TOP_BELOW:  # a few eigvalsh of this size cost less than a long Lanczos run's steps
+        return float(torch.linalg.eigvalsh(x[top])[:, -1].max())
     return float(ritz_max(x[top]).max())
 
 
@@ -167,9 +171,9 @@ def _raise_level(x: torch.Tensor, todo: torch.Tensor, tau: float, it: int, step:
     """The next level after the blocks `todo` failed at tau (blocks the ranking missed, or a top eigenvalue
     cluster Lanczos has not resolved): the same estimate on them alone, then their exact top eigenvalue, then
     gentle growth (rounding at the exact eigenvalue)."""
-    if it <= 2 and x.shape[-1] > EXACT_BELOW:
+    if it == 0 and x.shape[-1] > EXACT_BELOW:
         return max(tau, _level(x[todo], step) * (1 + TIGHT))
-    if it <= 3:
+    if it <= 2:
         top = max(float(torch.linalg.eigvalsh(x[todo[i:i + step]])[:, -1].max()) for i in range(0, len(todo), step))
         return max(tau, top * (1 + TIGHT))
     return tau * (1 + min(0.01, TIGHT * 10 ** (it - 2)))
