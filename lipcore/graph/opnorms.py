@@ -115,7 +115,7 @@ def ritz_max(x: torch.Tensor, steps: int = LONG_STEPS, seed: int = 0) -> torch.T
     return _tridiag_max(alpha, beta, x)
 
 
-def _level(x: torch.Tensor, step: int) -> float:
+def _level(x: torch.Tensor, step: int, rank_all: bool = False) -> float:
     """A level just above max_b lambda_max(x[b]) as far as estimates can tell: exact eigenvalues for small
     blocks; otherwise the blocks are ranked by their trace (free), the leading sixth by short single-precision
     Lanczos runs, and a long float64 run on the top few (where the maximum is) gives their top eigenvalue to
@@ -124,7 +124,7 @@ def _level(x: torch.Tensor, step: int) -> float:
     if c <= EXACT_BELOW:
         return max(float(torch.linalg.eigvalsh(x[i:i + step])[:, -1].max()) for i in range(0, B, step))
     tr = x.diagonal(dim1=-2, dim2=-1).real.sum(-1)
-    cand = torch.topk(tr, min(B, max(4 * TOP_BLOCKS, B // 6))).indices
+    cand = torch.topk(tr, B if rank_all else min(B, max(8 * TOP_BLOCKS, B // 6))).indices
     rough = torch.cat([rough_ritz(x[cand[i:i + step]]) for i in range(0, len(cand), step)])
     top = cand[torch.topk(rough, min(len(cand), TOP_BLOCKS)).indices]
     if c <= EXACT_TOP_BELOW:  # a few eigvalsh of this size cost less than a long Lanczos run's steps
@@ -171,9 +171,9 @@ def _raise_level(x: torch.Tensor, todo: torch.Tensor, tau: float, it: int, step:
     """The next level after the blocks `todo` failed at tau (blocks the ranking missed, or a top eigenvalue
     cluster Lanczos has not resolved): the same estimate on them alone, then their exact top eigenvalue, then
     gentle growth (rounding at the exact eigenvalue)."""
-    if it == 0 and x.shape[-1] > EXACT_BELOW:
-        return max(tau, _level(x[todo], step) * (1 + TIGHT))
-    if it <= 2:
+    if it <= 1 and x.shape[-1] > EXACT_BELOW:  # the failing blocks are few: every one gets a short run
+        return max(tau, _level(x[todo], step, rank_all=True) * (1 + TIGHT))
+    if it <= 3:
         top = max(float(torch.linalg.eigvalsh(x[todo[i:i + step]])[:, -1].max()) for i in range(0, len(todo), step))
         return max(tau, top * (1 + TIGHT))
     return tau * (1 + min(0.01, TIGHT * 10 ** (it - 2)))
