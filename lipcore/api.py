@@ -156,7 +156,36 @@ def analyze(
 # available (MemAvailable, or LIPZOO_MAX_MEMORY_GB when lower) or the time left of the budget is refused with
 # the estimate at once, never an out-of-memory kill or a silent hour of eigendecompositions.
 DENSE_COPIES = 6  # n x n float64 blocks alive at once in the recursion (G, M, its Cholesky factor, workspaces)
-CPU_FLOPS = 1e10  # sustained float64 flop/s assumed on a CPU (2 cores, BLAS); CUDA: 20x
+CALIBRATION_WIDTH = 768  # the synthetic net timed once per machine for the MLP guard's rate (3 layers, ~0.5 s)
+
+
+def _recursion_flops(shapes: Sequence[tuple[int, ...]]) -> float:
+    """The guard's cost model of one recursion (Gram, factorisation, rule): 2 a^2 b + 4 a^3 per (a, b) layer."""
+    return sum(2.0 * a * a * b + 4.0 * a ** 3 for a, b in shapes)
+
+
+def _time_recursion(device: torch.device) -> float:
+    """Cost-model flops per second of one ECLipsE-Fast recursion here (best of three on a synthetic net)."""
+    from .activations import get_activation
+    from .mlp.recursion import SN1, run_rule
+
+    n = CALIBRATION_WIDTH
+    rng = np.random.default_rng(0)
+    net = MLP([rng.standard_normal((n, n)) / math.sqrt(n) for _ in range(3)] + [rng.standard_normal((1, n))],
+              [get_activation("relu")] * 3)
+    best = math.inf
+    for _ in range(3):
+        t0 = time.perf_counter()
+        run_rule(net, SN1, device=device, keep_p=False)
+        best = min(best, time.perf_counter() - t0)
+    return _recursion_flops([w.shape for w in net.weights]) / max(best, 1e-6)
+
+
+def mlp_rate(device: torch.device) -> float:
+    """The MLP guard's flop rate on this device: measured once (`_time_recursion`) and cached by lipcore.calibrate."""
+    from . import calibrate
+
+    return calibrate.dense_rate(device, _time_recursion).flops_per_s
 
 
 def available_memory_bytes() -> float:
@@ -178,8 +207,8 @@ def available_memory_bytes() -> float:
     return avail
 
 
-def estimate_cost(shapes: Sequence[tuple[int, ...]], kind: str, ctx: Context, variant: str) -> tuple[float, float]:
-    """(bytes, seconds) a variant needs on an MLP with these (out, in) weight shapes."""
+def estimate_work(shapes: Sequence[tuple[int, ...]], kind: str, ctx: Context, variant: str) -> tuple[float, float]:
+    """(bytes, cost-model flops) a variant needs on an MLP with these (out, in) weight shapes."""
     wbytes = sum(a * b for a, b in shapes) * 8.0
     if kind == "lower":
         if variant == "lower-ascent":
@@ -188,14 +217,16 @@ def estimate_cost(shapes: Sequence[tuple[int, ...]], kind: str, ctx: Context, va
         else:
             passes = float(ctx.opt(variant, "samples", 256))
         iters = float(ctx.opt(variant, "power_iters", 30))
-        flops = passes * iters * 4.0 * sum(a * b for a, b in shapes)
-        nbytes = wbytes + 256 * 8.0 * sum(a + b for a, b in shapes) * 4
-    else:
-        n = max(max(a, b) for a, b in shapes)
-        flops = sum(2.0 * a * a * b + 4.0 * a ** 3 for a, b in shapes)
-        nbytes = wbytes + DENSE_COPIES * 8.0 * n * n
-    rate = CPU_FLOPS * (20 if ctx.device.type == "cuda" else 1)
-    return nbytes, flops / rate
+        return wbytes + 256 * 8.0 * sum(a + b for a, b in shapes) * 4, passes * iters * 4.0 * sum(
+            a * b for a, b in shapes)
+    n = max(max(a, b) for a, b in shapes)
+    return wbytes + DENSE_COPIES * 8.0 * n * n, _recursion_flops(shapes)
+
+
+def estimate_cost(shapes: Sequence[tuple[int, ...]], kind: str, ctx: Context, variant: str) -> tuple[float, float]:
+    """(bytes, seconds at this machine's measured rate) a variant needs on an MLP with these weight shapes."""
+    nbytes, flops = estimate_work(shapes, kind, ctx, variant)
+    return nbytes, flops / mlp_rate(ctx.device)
 
 
 def weight_shapes(source: Any) -> list[tuple[int, int]] | None:
@@ -253,17 +284,23 @@ def _gib(b: float) -> str:
 def resource_guard(shapes: Sequence[tuple[int, ...]], variant: str, kind: str, ctx: Context) -> None:
     """Raise Refused (with the estimate) when the variant would not fit in memory or (upper bounds) in the
     time left of the budget."""
-    nbytes, secs = estimate_cost(shapes, kind, ctx, variant)
+    nbytes, flops = estimate_work(shapes, kind, ctx, variant)
     avail = available_memory_bytes()
     widest = max(max(sh) for sh in shapes)
     if nbytes > 0.8 * avail:
         raise Refused(f"needs ~{_gib(nbytes)} GiB (dense float64 work on layers up to {widest} wide) but "
-                      f"{_gib(avail)} GiB is available (LIPZOO_MAX_MEMORY_GB caps it); est. {secs:.0f} s")
+                      f"{_gib(avail)} GiB is available (LIPZOO_MAX_MEMORY_GB caps it); ~{flops / 1e12:.3g} TFLOP")
     left = ctx.time_left()
-    # lower bounds stop at the deadline with what they measured (a partial sample is still a lower bound)
-    if kind == "upper" and left is not None and secs > left:
-        raise Refused(f"estimated {secs:.0f} s (layers up to {widest} wide, ~{nbytes / 2**30:.1f} GiB) exceeds "
-                      f"the {left:.0f} s left of the budget")
+    # lower bounds stop at the deadline with what they measured (a partial sample is still a lower bound); the
+    # rate is measured (once per machine) only when there is a budget to compare with
+    if kind != "upper" or left is None:
+        return
+    rate = mlp_rate(ctx.device)
+    secs = flops / rate
+    if secs > left:
+        raise Refused(f"over budget: estimated {secs:.0f} s here (~{flops / 1e12:.3g} TFLOP at the measured "
+                      f"{rate / 1e9:.0f} GFLOP/s; layers up to {widest} wide, ~{nbytes / 2**30:.1f} GiB) exceeds the "
+                      f"{left:.0f} s left of the budget")
 
 
 def _soundness_guard(results: dict[str, BoundResult]) -> None:

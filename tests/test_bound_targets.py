@@ -365,7 +365,13 @@ def test_budget_plan_is_monotone_and_fits() -> None:
         assert prev == set(full.run)  # a large budget runs the whole default set
 
 
-def test_budget_skips_are_shown(capsys, tmp_path) -> None:
+def test_budget_skips_are_shown(capsys, tmp_path, monkeypatch) -> None:
+    from lipcore import calibrate
+
+    # the MLP guard's rate pinned at 10 GFLOP/s (it is measured per machine otherwise)
+    monkeypatch.setenv("LIPZOO_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(calibrate, "_MEMORY", {})
+    (tmp_path / "calibration.json").write_text(json.dumps({calibrate.device_key(torch.device("cpu")): {"dense": 1e10}}))
     Ws, bs = random_weights(5, [64, 256, 256, 8])
     path = write_weights(tmp_path, "npz", Ws, bs)
     # lipcore's MLP estimate here: ~0.018 s per upper bound (naive included); 2x of it fits in 3/4 of 0.06 s once

@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 import lipcore
+from lipcore import calibrate as cal
 from lipcore.errors import BudgetExceeded, Refused
 from lipcore.graph import bounds as gb
 from lipcore.graph import build_graph
-from lipcore.graph import calibrate as cal
 from lipcore.variants import Context
 
 

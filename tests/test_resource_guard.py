@@ -71,3 +71,28 @@ def test_lower_bounds_stop_at_the_deadline_and_later_variants_say_the_budget_was
     assert low.status == "ok" and 0 < low.params["samples"] < 4096 and low.value > 0, low
     asc = r.results["lower-ascent"]
     assert asc.status == "refused" and "budget was spent by the variants before it" in asc.reason
+
+
+def test_the_mlp_guard_rate_is_measured_once_and_cached(tmp_path, monkeypatch):
+    import json
+
+    import torch
+
+    from lipcore import api, calibrate
+
+    monkeypatch.setenv("LIPZOO_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(calibrate, "_MEMORY", {})
+    cpu = torch.device("cpu")
+    r = api.mlp_rate(cpu)
+    assert r > 1e6  # a real measurement, in cost-model flops per second
+    disk = json.loads((tmp_path / "calibration.json").read_text())[calibrate.device_key(cpu)]
+    assert disk["dense"] == r
+    calls: list[int] = []
+    monkeypatch.setattr(api, "_time_recursion", lambda dev: calls.append(1) or 1.0)
+    assert api.mlp_rate(cpu) == r and not calls  # cached: not measured again
+    # a machine measured at 1 kFLOP/s: a budget the estimate does not fit is refused at once, naming the rate
+    monkeypatch.setattr(calibrate, "_MEMORY", {})
+    (tmp_path / "calibration.json").write_text(json.dumps({calibrate.device_key(cpu): {"dense": 1e3}}))
+    w = [np.eye(30), np.ones((1, 30))]
+    res = lipcore.analyze(w, variants=["eclipse-fast"], activation="relu", budget_s=60).results["eclipse-fast"]
+    assert res.status == "refused" and res.reason.startswith("over budget") and "measured 0 GFLOP/s" in res.reason

@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 
+from .. import calibrate
 from ..errors import BudgetExceeded, Refused
 from ..variants import Context
-from . import calibrate, engine, ops
+from . import engine, ops
 from . import norms as cn
 from .trace import GraphModel, Node
 
@@ -30,7 +31,7 @@ DEFAULT_MAX_EST_S = {"cpu": 900.0, "cuda": 1800.0}
 
 def _rate(dev: str) -> float:
     """Model flops per second the engine is expected to reach on a device of this kind here (measured runs,
-    else a cached calibration; lipcore.graph.calibrate). Read by flows.variant_plan's estimates."""
+    else a cached calibration; lipcore.calibrate). Read by flows.variant_plan's estimates."""
     return calibrate.engine_rate(torch.device(dev)).flops_per_s
 
 

@@ -1,4 +1,4 @@
-"""The graph engine's speed on the machine it runs on, for the cost guard (issue 13 item 3).
+"""The engines' speed on the machine they run on, for the cost guards (issue 13 item 3).
 
 Why measured: a constant rate is wrong by an order of magnitude between a loaded laptop and a quiet server,
 so the guard either refuses models this machine bounds in minutes or starts runs that take hours. The rate
@@ -13,6 +13,8 @@ so the guard either refuses models this machine bounds in minutes or starts runs
 Both are cached in memory and on disk (``$LIPZOO_CACHE_DIR``, else ``$XDG_CACHE_HOME/lipzoo``, else
 ``~/.cache/lipzoo``; ``calibration.json``), keyed by device, its name, torch's thread count and torch version.
 A GPU estimate for a CPU run uses ``GPU_ASSUMED_RATE``, an assumption the refusal message names as such.
+The MLP resource guard's rate (`dense_rate`) is measured the same way, by whoever knows how to time its engine
+(`lipcore.api` times one ECLipsE-Fast recursion), and cached beside it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,3 +153,15 @@ def estimate(flops: float, device: torch.device) -> tuple[float, float, Rate]:
     here = flops / r.flops_per_s
     gpu = here if device.type == "cuda" else flops / GPU_ASSUMED_RATE
     return here, gpu, r
+
+
+def dense_rate(device: torch.device, measure: Callable[[torch.device], float]) -> Rate:
+    """The MLP resource guard's rate on this device: `measure(device)` (flops of the guard's cost model per
+    second of a real recursion), run once and cached like the engine rate."""
+    key = device_key(device)
+    e = _entry(key)
+    if "dense" not in e:
+        e["dense"] = float(measure(device))
+        e["dense_at"] = time.time()
+        _save(key)
+    return Rate(float(e["dense"]), f"calibrated: an MLP recursion at {float(e['dense']) / 1e9:.1f} GFLOP/s here")
