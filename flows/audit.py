@@ -271,6 +271,10 @@ def _run_audit(zoo: Zoo, catalog: Any, found: list[tuple[ModelRef, Entry]], bad:
             summary["failed"] += 1
             summary["failures"].append({"model_id": u.model_id, "revision": "unresolved", "reason": reason})
         last_write = time.perf_counter()
+        # (model, revision) of every row handed to the writer: on interrupt, what "finished" counts is read from
+        # the rows themselves, so a signal landing between a task's bookkeeping steps cannot count a model whose
+        # rows were not kept (one list.extend adds a model's rows whole, or not at all)
+        seen: set[tuple[str, str]] = set()
 
         def flush(force_write: bool = False) -> None:
             """Write what is pending. A write lock held by another process keeps the rows pending (said once,
@@ -278,6 +282,7 @@ def _run_audit(zoo: Zoo, catalog: Any, found: list[tuple[ModelRef, Entry]], bad:
             nonlocal pending_rows, last_write
             if pending_rows and (force_write or len(pending_rows) >= WRITE_BATCH_ROWS
                                  or time.perf_counter() - last_write > WRITE_EVERY_S):
+                seen.update((r.model_id, r.revision) for r in pending_rows)
                 try:
                     summary["rows_written"] += write_results(catalog, pending_rows, run_id)
                 except CatalogLockedError as e:
@@ -372,7 +377,11 @@ def _run_audit(zoo: Zoo, catalog: Any, found: list[tuple[ModelRef, Entry]], bad:
             # runs, else the CLI's KeyboardInterrupt): keep what finished, write it, stop
             status = "interrupted"
             summary["interrupted"] = True
-            _keep_finished(futures, collected, pending_rows, summary)
+            seen.update((r.model_id, r.revision) for r in pending_rows)
+            _keep_finished(futures, collected | {id(f) for f, j in futures.items()
+                                                 if (j.ref.model_id, j.ref.revision) in seen}, pending_rows, summary)
+            seen.update((r.model_id, r.revision) for r in pending_rows)
+            summary["audited"] = len(seen & {(j.ref.model_id, j.ref.revision) for j in jobs})
             final_write(_lock_wait_s(interrupted=True))
             global last_interrupted
             last_interrupted = summary
