@@ -58,10 +58,13 @@ def default_variants(net: Any) -> list[str]:
 def _graph_run_seconds(net: Any, device: Any) -> float | None:
     """Seconds of one full recursion on the graph (the graph guard's estimate), None when it cannot say."""
     try:
-        from lipcore.graph import bounds, engine
+        import torch
+
+        from lipcore import calibrate
+        from lipcore.graph import engine
 
         _, cost = engine.plan(net, device)
-        return float(cost) * 8 / bounds._rate(device.type)
+        return float(cost) * 8 / calibrate.engine_rate(torch.device(device)).flops_per_s
     except Exception:  # noqa: BLE001 - an unsupported graph: every upper variant refuses it by itself
         return None
 

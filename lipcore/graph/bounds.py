@@ -29,12 +29,6 @@ from .trace import GraphModel, Node
 DEFAULT_MAX_EST_S = {"cpu": 900.0, "cuda": 1800.0}
 
 
-def _rate(dev: str) -> float:
-    """Model flops per second the engine is expected to reach on a device of this kind here (measured runs,
-    else a cached calibration; lipcore.calibrate). Read by flows.variant_plan's estimates."""
-    return calibrate.engine_rate(torch.device(dev)).flops_per_s
-
-
 class OverBudget(Refused):
     """Refused because the estimate does not fit the model's remaining budget (not the variant's cap)."""
 
