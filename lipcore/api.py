@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -53,7 +54,8 @@ def load_target(source: Any, *, activation: str | None = None, slope: Sequence[f
 
     if isinstance(source, MLP):
         return source.normalised()
-    if type(source).__name__ == "GraphModel" and type(source).__module__ == "lipcore.graph.trace":
+    trace = sys.modules.get("lipcore.graph.trace")  # a traced graph exists only once its module is loaded
+    if trace is not None and isinstance(source, trace.GraphModel):
         return source  # already traced (a caller that planned from the graph): no second trace
     if isinstance(source, nn.Module):
         try:
@@ -115,8 +117,7 @@ def analyze(
         res = BoundResult(variant=vid, kind=spec.kind, status="failed")
         t0 = time.perf_counter()
         try:
-            left = ctx.time_left()
-            if left is not None and left <= 0:
+            if ctx.expired():
                 raise Refused(f"not started: the {budget_s:.3g} s budget was spent by the variants before it")
             if not is_graph:
                 resource_guard([w.shape for w in target.weights], vid, spec.kind, ctx)

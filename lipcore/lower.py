@@ -130,11 +130,6 @@ class _Lin:
         return self._vjp(u)[0]
 
 
-def _past(ctx: Context) -> bool:
-    left = ctx.time_left()
-    return left is not None and left <= 0
-
-
 @torch.no_grad()
 def _power(f: Fn, x: torch.Tensor, v0: torch.Tensor, iters: int,
            ctx: Context) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
@@ -146,7 +141,7 @@ def _power(f: Fn, x: torch.Tensor, v0: torch.Tensor, iters: int,
     best_v = v.clone()
     best_u = torch.zeros_like(lin.out)
     for it in range(max(1, iters)):
-        if it and _past(ctx):  # every iteration measured a value: stop at the deadline with the best so far
+        if it and ctx.expired():  # every iteration measured a value: stop at the deadline with the best so far
             break
         u = lin.jv(v)
         un = _bnorm(u)
@@ -180,7 +175,7 @@ def _full_jacobian_norms(f: Fn, x: torch.Tensor, chunk: int = 4096,
     norms = []
     step = max(1, chunk // max(1, min(n_in, n_out)))
     for i in range(0, b, step):
-        if ctx is not None and norms and _past(ctx):
+        if ctx is not None and norms and ctx.expired():
             break
         xb = x[i:i + step]
         m = xb.shape[0]
@@ -264,7 +259,7 @@ def _sample(s: _Setup, ctx: Context, variant: str, g: torch.Generator, samples: 
     xs, vals, dirs = [], [], []
     exact_jv, done = True, 0
     for i in range(0, samples, batch):
-        if vals and _past(ctx):  # a partial sample is still a measured lower bound (the first batch always runs:
+        if vals and ctx.expired():  # a partial sample is still a measured lower bound (the first batch always runs:
             break  # analyze() does not start a variant with no time left, and one batch is its overrun at most)
         m = min(batch, samples - i)
         done += m

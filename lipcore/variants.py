@@ -174,3 +174,7 @@ class Context:
 
     def time_left(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()
+
+    def expired(self) -> bool:
+        """The deadline has passed (never, without one): where work that already measured something stops."""
+        return self.deadline is not None and time.monotonic() > self.deadline
