@@ -97,6 +97,7 @@ def run(models: list[str], device: str, budget: float, quick: bool, members: boo
     # family members run only where one full propagation is cheap; one c each (sh-spectral: its default)
     for v, grid in (("sh-spectral", None), ("sh-gershgorin", [1.7]), ("sh-shift", [1.5])):
         opts[v] = {"max_est_s": 60.0 if quick else 300.0, **({"c_grid": grid} if grid else {})}
+    opts["eclipse-fast"] = {"max_est_s": budget}  # the per-model budget is the only limit on the engine line
     head = (f"{'model':24s} {'status':44s} {'naive':>11s} {'best certified':>26s} {'lower':>10s} "
             f"{'naive/best':>10s} {'s(ef)':>7s} {'s(best)':>7s} {'s(total)':>8s}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}", flush=True)

@@ -85,6 +85,29 @@ def test_lmax_certified_bounds_every_block(c: int, cplx: bool, kind: str) -> Non
     true = float(torch.linalg.eigvalsh(x).max())
     ub = on.lmax_certified(x)
     assert true <= ub <= true * (1 + 1e-8)
+    # handing x over (tau I - x written in place, failing blocks rebuilt) gives the same certificate
+    assert on.lmax_certified(x.clone(), consume=True) == ub
+
+
+@pytest.mark.parametrize("c", [40, 130])
+@pytest.mark.parametrize("consume", [False, True])
+@pytest.mark.parametrize("low", [0.3, 0.999])
+def test_lmax_certified_recovers_from_a_low_first_level(c: int, consume: bool, low: float,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first level below the truth (a ranking that missed the top block) fails its check and is raised: the
+    failing blocks are re-examined (with consume=True rebuilt from tau I - x), never certified too low."""
+    gen = torch.Generator().manual_seed(c)
+    a = torch.randn(30, c, c, generator=gen, dtype=torch.float64) + 1j * torch.randn(30, c, c, generator=gen,
+                                                                                     dtype=torch.float64)
+    x = a @ a.mH
+    x = (x + x.mH) / 2
+    ev = torch.linalg.eigvalsh(x)[:, -1]
+    true = float(ev.max())
+    level = on._level
+    monkeypatch.setattr(on, "_level", lambda xx, step, rank_all=False: low * true if xx.shape[0] == 30
+                        else level(xx, step, rank_all))
+    ub = on.lmax_certified(x.clone() if consume else x, consume=consume)
+    assert true <= ub <= true * (1 + 1e-8)
 
 
 @pytest.mark.parametrize("shape", [(3, 7), (7, 3), (60, 60), (200, 90), (1, 5)])

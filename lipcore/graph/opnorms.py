@@ -132,11 +132,13 @@ def _level(x: torch.Tensor, step: int, rank_all: bool = False) -> float:
     return float(ritz_max(x[top]).max())
 
 
-def lmax_certified(x: torch.Tensor, check: Callable[[], None] | None = None) -> float:
+def lmax_certified(x: torch.Tensor, check: Callable[[], None] | None = None, consume: bool = False) -> float:
     """A certified upper bound on max_b lambda_max(x[b]) for Hermitian PSD blocks x (B, c, c), real or complex,
     at most ~1e-9 relative above the exact maximum.
 
-    Covers the Cholesky backward error of the check itself; the caller adds the error of computing x."""
+    Covers the Cholesky backward error of the check itself; the caller adds the error of computing x.
+    consume=True hands x over: the first check overwrites it with tau I - x in place instead of a copy (the
+    blocks that fail are rebuilt exactly: the off-diagonal negation is exact and the diagonal is kept)."""
     x = x.detach()
     B, c, _ = x.shape
     dg = x.diagonal(dim1=-2, dim2=-1).real
@@ -146,18 +148,27 @@ def lmax_certified(x: torch.Tensor, check: Callable[[], None] | None = None) -> 
         return float(dg.max()) * (1 + 2 * U)
     step = _chunk(B, c)
     tau = max(_level(x, step), float(dg.max())) * (1 + TIGHT)
+    if consume:
+        dg = dg.clone()
     todo = torch.arange(B, device=x.device)
     for it in range(64):
         bad = []
         for i in range(0, len(todo), step):
             sel = todo[i:i + step]
-            a = -(x[i:i + step] if it == 0 else x[sel])  # tau I - x, with one copy
+            if consume and it == 0:  # tau I - x written over x itself
+                a = x[i:i + step].neg_()
+            else:  # tau I - x, with one copy
+                a = -(x[i:i + step] if it == 0 else x[sel])
             a.diagonal(dim1=-2, dim2=-1).add_(tau)
             _, info = torch.linalg.cholesky_ex(a)
             bad.append(sel[info != 0])
             if check is not None:
                 check()
         todo = torch.cat(bad) if bad else todo[:0]
+        if consume and it == 0 and len(todo):  # rebuild the failing blocks of x from tau I - x, exactly
+            x = x[todo].neg_()
+            x.diagonal(dim1=-2, dim2=-1).copy_(dg[todo])
+            todo = torch.arange(len(todo), device=x.device)
         if len(todo) == 0:
             # Cholesky success on A = fl(tau I - x) proves lambda_min(A) >= -gamma_{c+1}/(1-gamma_{c+1}) tr(A)
             # with tr(A) <= c tau; forming A rounds its diagonal by at most u tau
@@ -234,11 +245,11 @@ def autocorr_gram(k: torch.Tensor, dil: tuple[int, ...], period: tuple[int, ...]
         wf = _unique_freqs(coarse)
         delta = np.array(list(offsets), dtype=np.float64).reshape(D, d)
         theta = -2 * np.pi * (wf[:, None, :] * delta[None, :, :] / np.array(coarse)[None, None, :]).sum(-1)
-        Gf = G.reshape(D, -1)
-        cos = torch.as_tensor(np.cos(theta), dtype=torch.float64, device=device)  # (F, D)
-        sin = torch.as_tensor(np.sin(theta), dtype=torch.float64, device=device)
-        Fq = cos.shape[0]
-        X = torch.complex(cos @ Gf, sin @ Gf).reshape(Fq, g, r, r).transpose(0, 1).reshape(g * Fq, r, r)
+        # one complex GEMM writes X in place (a product with G's zero imaginary part is exact: the rounding
+        # is that of the two real sums)
+        E = torch.as_tensor(np.exp(1j * theta), dtype=torch.complex128, device=device)  # (F, D)
+        Fq = E.shape[0]
+        X = (E @ G.reshape(D, -1).to(torch.complex128)).reshape(Fq, g, r, r).transpose(0, 1).reshape(g * Fq, r, r)
     err = _gamma(q * T + D + 8) * T * float((kf ** 2).sum()) * (1 + 1e-6)
     return X, err
 
@@ -293,7 +304,7 @@ def conv_norm(node: Node, w: torch.Tensor | None = None, device: torch.device | 
         X, err = autocorr_gram(kg.transpose(1, 2), tuple(-x for x in dl), period, coarse, dev)
     else:
         X, err = _stack_gram(w, N, s, p, dl, groups, coarse, dev)
-    lam = lmax_certified(X) + err
+    lam = lmax_certified(X, consume=True) + err
     return math.sqrt(lam) * (1 + 2 * U)
 
 
