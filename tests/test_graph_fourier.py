@@ -331,11 +331,12 @@ def test_linear_conv_net_exact_norm() -> None:
     d = _dense_conv(g.nodes[2], False) @ _dense_conv(g.nodes[1], False)
     true = float(torch.linalg.matrix_norm(d, 2))
     assert true <= val * (1 + 1e-12)
-    # the restart's certified lambda_max is inflated by 1e-6 (norms.lmax_upper); the norms' own certificates differ
-    assert val <= cn.conv_norm(g.nodes[1]) * cn.conv_norm(g.nodes[2]) * (1 + 2e-6)
+    # the restart's certified lambda_max sits ~1e-9 above the exact value (opnorms.lmax_certified), as do the norms
+    assert val <= cn.conv_norm(g.nodes[1]) * cn.conv_norm(g.nodes[2]) * (1 + 1e-8)
     valc, _ = fourier.run_recursion(g, gb.rule_spectral(1.0), torch.device("cpu"), circular=True)
     dc = _dense_conv(g.nodes[2], True) @ _dense_conv(g.nodes[1], True)
-    assert valc == pytest.approx(float(torch.linalg.matrix_norm(dc, 2)), rel=1e-6)
+    exact = float(torch.linalg.matrix_norm(dc, 2))
+    assert exact * (1 - 1e-12) <= valc <= exact * (1 + 1e-8)
 
 
 @pytest.mark.parametrize("cfg", [

@@ -124,3 +124,20 @@ def test_moved_names_still_reachable_from_norms() -> None:
     assert cn.conv_norm is on.conv_norm and cn.spectral_norm_matrix is on.spectral_norm_matrix
     with pytest.raises(AttributeError):
         cn.no_such_name  # noqa: B018
+
+
+@pytest.mark.parametrize("scale", [1e-60, 1e-20, 1.0, 1e45, 1e53, 1e120])
+@pytest.mark.parametrize("c", [64, 130])
+def test_lmax_certified_at_any_magnitude(scale: float, c: int) -> None:
+    """Blocks far outside single precision's range (a vacuous LayerNorm restart carries 1e53) are ranked and
+    certified like any others: the result scales with the blocks."""
+    gen = torch.Generator().manual_seed(c)
+    a = torch.randn(20, c, c, generator=gen, dtype=torch.float64) + 1j * torch.randn(20, c, c, generator=gen,
+                                                                                     dtype=torch.float64)
+    x = a @ a.mH
+    x = (x + x.mH) / 2
+    x[3] *= 1.5  # one block on top, several decades of spread below it
+    x[7:] *= 1e-6
+    true = float(torch.linalg.eigvalsh(x).max())
+    ub = on.lmax_certified(x * scale)
+    assert true * scale <= ub <= true * scale * (1 + 1e-8)

@@ -70,11 +70,15 @@ def _tridiag_max(alpha: torch.Tensor, beta: torch.Tensor, x: torch.Tensor | None
 def rough_ritz(x: torch.Tensor, steps: int = LANCZOS_STEPS, seed: int = 0) -> torch.Tensor:
     """Per-block largest Ritz value of plain Lanczos (three-term recurrence, no reorthogonalisation) in single
     precision: one batched matvec per step, for ranking blocks only. Without reorthogonalisation Ritz values
-    still lie within O(eps ||x||) of the spectrum's hull (Paige), so the ranking is sound; (B,) float64."""
+    still lie within O(eps ||x||) of the spectrum's hull (Paige), so the ranking is sound; (B,) float64.
+    Each block is scaled by a power of two near its largest diagonal entry first: single precision neither
+    overflows (a vacuous LayerNorm bound's blocks reach 1e53) nor underflows, and the scale comes back exactly."""
     B, c, _ = x.shape
     k = max(1, min(steps, c))
     lo = torch.complex64 if x.is_complex() else torch.float32
-    xs = x.detach().to(lo)
+    top = x.detach().diagonal(dim1=-2, dim2=-1).real.amax(-1).clamp_min(1e-300)
+    scale = torch.exp2(torch.round(torch.log2(top)))
+    xs = (x.detach() / scale[:, None, None]).to(lo)
     v = _start(B, c, lo, x.device, seed)
     prev = torch.zeros_like(v)
     alpha = torch.zeros(B, k, dtype=torch.float64, device=x.device)
@@ -88,7 +92,7 @@ def rough_ritz(x: torch.Tensor, steps: int = LANCZOS_STEPS, seed: int = 0) -> to
         alpha[:, j], beta[:, j] = a, nb
         prev, b = v, nb.to(lo)
         v = torch.where(nb[:, None] > 1e-30, w / nb.clamp_min(1e-30)[:, None], torch.zeros_like(w))
-    return _tridiag_max(alpha, beta, None)
+    return _tridiag_max(alpha, beta, None) * scale
 
 
 def ritz_max(x: torch.Tensor, steps: int = LONG_STEPS, seed: int = 0) -> torch.Tensor:
